@@ -1,0 +1,181 @@
+"""CBOR encoding of records, commands and entries, and the on-disk frame around each record.
+
+Each attrs class below is encoded as a CBOR tag (a number of its own) around the list of its field
+values, in declaration order. Property maps and lists stay plain CBOR. Decoding rebuilds the
+classes by tag, so `decode(encode(x)) == x` for every value of the model (a property test says so).
+
+A stored record is framed as [length u32][crc32 u32][cbor], little-endian, where the CRC covers the
+CBOR body. `read_frame` tells a good frame from a short (torn) or corrupt one; deciding what a bad
+frame means for a log is the caller's business.
+
+Tag numbers are part of the disk format: never renumber one, only add.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from typing import Any, Final
+
+import attrs
+import cbor2
+
+from memora.core import constants
+from memora.core.errors import CodecError
+from memora.core.types import (
+    AddObservation,
+    Applied,
+    Batch,
+    CreateNamespace,
+    DeleteEdge,
+    DeleteNode,
+    DeleteObservation,
+    Edge,
+    Entry,
+    InsertEdge,
+    InsertNode,
+    Namespace,
+    Node,
+    Observation,
+    Provenance,
+    SetVector,
+    Stamp,
+    UpdateEdge,
+    UpdateNode,
+)
+
+TAG_BASE: Final = 40_000
+_TAGGED_CLASSES: Final[dict[int, type]] = {
+    TAG_BASE + 1: Provenance,
+    TAG_BASE + 2: Stamp,
+    TAG_BASE + 3: Namespace,
+    TAG_BASE + 4: Node,
+    TAG_BASE + 5: Edge,
+    TAG_BASE + 6: Observation,
+    TAG_BASE + 20: CreateNamespace,
+    TAG_BASE + 21: InsertNode,
+    TAG_BASE + 22: UpdateNode,
+    TAG_BASE + 23: DeleteNode,
+    TAG_BASE + 24: SetVector,
+    TAG_BASE + 25: InsertEdge,
+    TAG_BASE + 26: UpdateEdge,
+    TAG_BASE + 27: DeleteEdge,
+    TAG_BASE + 28: AddObservation,
+    TAG_BASE + 29: DeleteObservation,
+    TAG_BASE + 30: Batch,
+    TAG_BASE + 40: Entry,
+    TAG_BASE + 41: Applied,
+}
+_TAG_OF_CLASS: Final[dict[type, int]] = {cls: tag for tag, cls in _TAGGED_CLASSES.items()}
+_FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(field.name for field in attrs.fields(cls)) for cls in _TAGGED_CLASSES.values()
+}
+
+
+def _encode_default(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    tag = _TAG_OF_CLASS.get(type(value))
+    if tag is None:
+        raise CodecError(f"cannot encode a value of type {type(value).__name__}")
+    fields = [getattr(value, name) for name in _FIELD_NAMES[type(value)]]
+    encoder.encode(cbor2.CBORTag(tag, fields))
+
+
+def _tag_decoder(cls: type) -> Any:
+    names = _FIELD_NAMES[cls]
+
+    def decode_fields(value: Any, immutable: bool = False) -> Any:
+        if not isinstance(value, list) or len(value) != len(names):
+            raise CodecError(f"malformed {cls.__name__}: expected {len(names)} fields")
+        try:
+            return cls(*value)
+        except (TypeError, ValueError) as error:
+            raise CodecError(f"malformed {cls.__name__}: {error}") from error
+
+    return decode_fields
+
+
+# Semantic decoders (not a tag_hook) so that maps and lists inside a record decode as plain,
+# mutable dicts and lists, equal to the ones that were encoded.
+_SEMANTIC_DECODERS: Final = {tag: _tag_decoder(cls) for tag, cls in _TAGGED_CLASSES.items()}
+
+
+def encode(value: Any) -> bytes:
+    """Encode a model value (or plain CBOR data containing model values) to bytes."""
+    return cbor2.dumps(value, default=_encode_default)
+
+
+def encode_canonical(value: Any) -> bytes:
+    """Encode with sorted map keys and shortest floats, for hashing logical state."""
+    return cbor2.dumps(value, default=_encode_default, canonical=True)
+
+
+def decode(data: bytes) -> Any:
+    """Decode bytes made by `encode`. Raises `CodecError` on anything malformed."""
+    try:
+        return cbor2.loads(data, semantic_decoders=_SEMANTIC_DECODERS)
+    except CodecError:
+        raise
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as error:
+        raise CodecError(f"undecodable CBOR: {error}") from error
+
+
+def decode_entry(data: bytes) -> Entry:
+    value = decode(data)
+    if not isinstance(value, Entry):
+        raise CodecError(f"expected an Entry, found {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing: [length u32][crc32 u32][body].
+
+_HEADER: Final = struct.Struct("<II")
+assert _HEADER.size == constants.frame_header_bytes
+
+
+def crc32(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def frame(body: bytes) -> bytes:
+    """Wrap a body in its header. The body must fit the frame limit (a programmer error if not)."""
+    assert len(body) <= constants.frame_body_bytes_max, len(body)
+    return _HEADER.pack(len(body), crc32(body)) + body
+
+
+class FrameStatus(enum.Enum):
+    OK = "ok"
+    SHORT = "short"  # The buffer ends inside the header or the body.
+    TOO_LARGE = "too_large"  # The length field is beyond any frame we write.
+    BAD_CRC = "bad_crc"  # The body does not match its checksum.
+
+
+@attrs.frozen
+class FrameRead:
+    status: FrameStatus
+    offset: int
+    body: bytes = b""
+
+    @property
+    def end(self) -> int:
+        """The offset just past this frame (only meaningful when OK)."""
+        assert self.status is FrameStatus.OK
+        return self.offset + constants.frame_header_bytes + len(self.body)
+
+
+def read_frame(buffer: bytes | memoryview, offset: int) -> FrameRead:
+    """Read the frame that starts at `offset`. Never raises on bad bytes."""
+    assert 0 <= offset <= len(buffer)
+    if len(buffer) - offset < _HEADER.size:
+        return FrameRead(FrameStatus.SHORT, offset)
+    length, checksum = _HEADER.unpack_from(buffer, offset)
+    if length > constants.frame_body_bytes_max:
+        return FrameRead(FrameStatus.TOO_LARGE, offset)
+    body_start = offset + _HEADER.size
+    if len(buffer) - body_start < length:
+        return FrameRead(FrameStatus.SHORT, offset)
+    body = bytes(buffer[body_start : body_start + length])
+    if crc32(body) != checksum:
+        return FrameRead(FrameStatus.BAD_CRC, offset)
+    return FrameRead(FrameStatus.OK, offset, body)

@@ -1,0 +1,301 @@
+"""The data model: records, commands, log entries and results, as frozen attrs classes.
+
+Everything here is a plain value. Nothing here validates against state or does I/O; the state
+machine (`memora.core.state`) checks commands, and the codec (`memora.core.codec`) turns these
+values into bytes and back.
+
+Vectors travel and rest as little-endian float32 bytes (`vector_to_bytes`), so records stay
+hashable, compact and comparable, and every replica sees identical floats.
+
+Records are immutable versions. A change to a node writes a new `Node` with `version + 1`; a delete
+writes one more version with `deleted=True` (a tombstone). The history of a record is the list of
+its versions, which is what makes `as_of` reads possible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+Metric: TypeAlias = Literal["cosine", "l2"]
+Direction: TypeAlias = Literal["out", "in", "both"]
+PropertyValue: TypeAlias = Any  # JSON-like: None, bool, int, float, str, list, dict of these.
+Properties: TypeAlias = dict[str, PropertyValue]
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+
+VECTOR_DTYPE = np.dtype("<f4")
+
+
+def vector_to_bytes(vector: Any) -> bytes:
+    """Encode a sequence or array of numbers as little-endian float32 bytes."""
+    array = np.asarray(vector, dtype=VECTOR_DTYPE)
+    if array.ndim != 1:
+        raise ValueError("a vector must be one-dimensional")
+    return array.tobytes()
+
+
+def vector_from_bytes(data: bytes) -> FloatArray:
+    """Decode little-endian float32 bytes into a read-only array (no copy)."""
+    return np.frombuffer(data, dtype=VECTOR_DTYPE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata every record carries.
+
+
+@attrs.frozen
+class Provenance:
+    """What the writer says about a fact: where it came from, how sure, and when it holds."""
+
+    source: str | None = None
+    confidence: float = 1.0
+    valid_from_ms: int | None = None
+    valid_to_ms: int | None = None
+
+
+@attrs.frozen
+class Stamp:
+    """Who wrote a version and when: the commit index and the leader's timestamp of its entry."""
+
+    index: int
+    timestamp_ms: int
+    principal: str
+    session: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Records.
+
+
+@attrs.frozen
+class Namespace:
+    name: str
+    dimension: int
+    metric: Metric
+    created: Stamp
+
+
+@attrs.frozen
+class Node:
+    namespace: str
+    id: int
+    version: int
+    label: str
+    name: str | None
+    properties: Properties
+    text: str | None
+    vector: bytes | None
+    provenance: Provenance
+    created: Stamp
+    updated: Stamp
+    deleted: bool = False
+
+
+@attrs.frozen
+class Edge:
+    namespace: str
+    id: int
+    version: int
+    source: int
+    target: int
+    kind: str
+    properties: Properties
+    provenance: Provenance
+    created: Stamp
+    updated: Stamp
+    deleted: bool = False
+
+
+@attrs.frozen
+class Observation:
+    namespace: str
+    id: int
+    version: int
+    node_id: int
+    text: str
+    vector: bytes | None
+    provenance: Provenance
+    created: Stamp
+    updated: Stamp
+    deleted: bool = False
+
+
+Record: TypeAlias = Node | Edge | Observation
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands. Each is applied to the namespace named by its entry.
+
+
+@attrs.frozen
+class CreateNamespace:
+    dimension: int = 128
+    metric: Metric = "cosine"
+
+
+@attrs.frozen
+class InsertNode:
+    """Insert a node. With `id=None` the state machine assigns the next free id."""
+
+    label: str
+    id: int | None = None
+    name: str | None = None
+    properties: Properties = attrs.field(factory=dict)
+    text: str | None = None
+    vector: bytes | None = None
+    provenance: Provenance = Provenance()
+
+
+@attrs.frozen
+class UpdateNode:
+    """Change some fields of a live node. A field left as None keeps its value.
+
+    `properties` replaces the whole map when given. `clear` names optional fields to remove:
+    any of "name", "text" and "vector".
+    """
+
+    id: int
+    label: str | None = None
+    name: str | None = None
+    properties: Properties | None = None
+    text: str | None = None
+    vector: bytes | None = None
+    provenance: Provenance | None = None
+    clear: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+
+@attrs.frozen
+class DeleteNode:
+    """Tombstone a node together with its observations and every edge that touches it."""
+
+    id: int
+
+
+@attrs.frozen
+class SetVector:
+    """Set (or replace) the vector of a live node: the seed's `insert_vector`."""
+
+    node_id: int
+    vector: bytes
+
+
+@attrs.frozen
+class InsertEdge:
+    source: int
+    target: int
+    kind: str
+    id: int | None = None
+    properties: Properties = attrs.field(factory=dict)
+    provenance: Provenance = Provenance()
+
+
+@attrs.frozen
+class UpdateEdge:
+    id: int
+    properties: Properties | None = None
+    provenance: Provenance | None = None
+
+
+@attrs.frozen
+class DeleteEdge:
+    id: int
+
+
+@attrs.frozen
+class AddObservation:
+    node_id: int
+    text: str
+    vector: bytes | None = None
+    id: int | None = None
+    provenance: Provenance = Provenance()
+
+
+@attrs.frozen
+class DeleteObservation:
+    id: int
+
+
+SimpleCommand: TypeAlias = (
+    CreateNamespace
+    | InsertNode
+    | UpdateNode
+    | DeleteNode
+    | SetVector
+    | InsertEdge
+    | UpdateEdge
+    | DeleteEdge
+    | AddObservation
+    | DeleteObservation
+)
+
+
+@attrs.frozen
+class Batch:
+    """Commands applied atomically: all of them, or none when one fails."""
+
+    commands: tuple[SimpleCommand, ...] = attrs.field(converter=tuple)
+
+
+Command: TypeAlias = SimpleCommand | Batch
+
+
+@attrs.frozen
+class Entry:
+    """One committed log entry: the state machine's only input.
+
+    The timestamp is the leader's clock when it accepted the command; `apply` never reads a clock.
+    """
+
+    index: int
+    term: int
+    timestamp_ms: int
+    principal: str
+    namespace: str
+    session: str | None
+    command: Command
+
+
+# ---------------------------------------------------------------------------------------------
+# Results of apply, and of queries.
+
+
+@attrs.frozen
+class Applied:
+    """A command took effect. `value` is the record written (a tuple of them for a batch)."""
+
+    index: int
+    value: Any
+
+
+@attrs.frozen
+class Rejected:
+    """A command was refused with a typed error; the state is exactly as before it."""
+
+    index: int
+    error: Exception
+
+
+Result: TypeAlias = Applied | Rejected
+
+
+@attrs.frozen
+class RelatedNode:
+    node: Node
+    depth: int
+
+
+@attrs.frozen
+class SimilarHit:
+    node: Node
+    distance: float
+
+
+@attrs.frozen
+class HybridHit:
+    """A vector hit and the graph neighbourhood reached from it."""
+
+    hit: SimilarHit
+    neighbours: tuple[RelatedNode, ...]
