@@ -1,0 +1,162 @@
+"""Checks of single values against the limits in `memora.core.constants`.
+
+Each function either returns the value it checked (sometimes in a normalised form) or raises a
+typed `MemoraError` naming the field. Nothing here looks at the state: whether an id exists or a
+name is taken is the state machine's question. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Final
+
+import numpy as np
+
+from memora.core import constants
+from memora.core.codec import encode
+from memora.core.errors import DimensionError, LimitError, ValidationError
+from memora.core.types import VECTOR_DTYPE, FloatArray, Metric, Provenance
+
+_NAMESPACE_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def text_field(value: object, field: str, bytes_max: int, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field)
+    if not value and not empty_ok:
+        raise ValidationError(f"{field} must not be empty", field)
+    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if size > bytes_max:
+        raise LimitError(f"{field} is {size} bytes; the limit is {bytes_max}", field)
+    if "\x00" in value:
+        raise ValidationError(f"{field} must not contain NUL characters", field)
+    return value
+
+
+def optional_text(value: object, field: str, bytes_max: int) -> str | None:
+    return None if value is None else text_field(value, field, bytes_max, empty_ok=True)
+
+
+def namespace_name(value: object) -> str:
+    name = text_field(value, "namespace", constants.namespace_name_bytes_max)
+    if not _NAMESPACE_PATTERN.fullmatch(name):
+        raise ValidationError(
+            "namespace must start with a letter or digit and hold only letters, digits, '_', '.' "
+            "and '-'",
+            "namespace",
+        )
+    return name
+
+
+def record_id(value: object, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{field} must be an integer", field)
+    if not constants.record_id_min <= value <= constants.record_id_max:
+        raise ValidationError(
+            f"{field} must be between {constants.record_id_min} and {constants.record_id_max}",
+            field,
+        )
+    return value
+
+
+def dimension(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError("dimension must be an integer", "dimension")
+    if not constants.dimension_min <= value <= constants.dimension_max:
+        raise ValidationError(
+            f"dimension must be between {constants.dimension_min} and {constants.dimension_max}",
+            "dimension",
+        )
+    return value
+
+
+def metric(value: object) -> Metric:
+    if value == "cosine":
+        return "cosine"
+    if value == "l2":
+        return "l2"
+    raise ValidationError(f"metric must be one of {', '.join(constants.metrics)}", "metric")
+
+
+def vector(data: object, dimension: int, field: str = "vector") -> FloatArray:
+    """Decode float32 bytes of a command and check length and finiteness."""
+    if not isinstance(data, bytes):
+        raise ValidationError(f"{field} must be float32 bytes", field)
+    if len(data) % VECTOR_DTYPE.itemsize != 0:
+        raise ValidationError(f"{field} is not a whole number of float32 values", field)
+    array = np.frombuffer(data, dtype=VECTOR_DTYPE)
+    if array.shape[0] != dimension:
+        raise DimensionError(
+            f"{field} has dimension {array.shape[0]}; this namespace uses {dimension}", field
+        )
+    if not np.isfinite(array).all():
+        raise ValidationError(f"{field} contains NaN or infinity", field)
+    return array
+
+
+def provenance(value: object) -> Provenance:
+    if not isinstance(value, Provenance):
+        raise ValidationError("provenance must be a Provenance", "provenance")
+    optional_text(value.source, "source", constants.source_bytes_max)
+    confidence = value.confidence
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+        raise ValidationError("confidence must be a number", "confidence")
+    if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        raise ValidationError("confidence must be between 0 and 1", "confidence")
+    for field in ("valid_from_ms", "valid_to_ms"):
+        bound = getattr(value, field)
+        if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)):
+            raise ValidationError(f"{field} must be an integer (ms since the epoch)", field)
+    if (
+        value.valid_from_ms is not None
+        and value.valid_to_ms is not None
+        and value.valid_from_ms > value.valid_to_ms
+    ):
+        raise ValidationError("valid_from_ms must not be after valid_to_ms", "valid_to_ms")
+    return value
+
+
+def properties(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError("properties must be a map of string keys", "properties")
+    if len(value) > constants.properties_count_max:
+        raise LimitError(
+            f"properties has {len(value)} keys; the limit is {constants.properties_count_max}",
+            "properties",
+        )
+    for key, item in value.items():
+        text_field(key, "properties key", constants.property_key_bytes_max)
+        _property_value(item, f"properties.{key}", depth=1)
+    size = len(encode(value))
+    if size > constants.properties_bytes_max:
+        raise LimitError(
+            f"properties encode to {size} bytes; the limit is {constants.properties_bytes_max}",
+            "properties",
+        )
+    return value
+
+
+def _property_value(value: object, field: str, depth: int) -> None:
+    if depth > constants.property_depth_max:
+        raise LimitError(f"{field} nests deeper than {constants.property_depth_max}", field)
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not constants.int_property_min <= value <= constants.int_property_max:
+            raise ValidationError(f"{field} does not fit in 64 bits", field)
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{field} must be finite", field)
+        return
+    if isinstance(value, list):
+        for item in value:
+            _property_value(item, field, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            text_field(key, f"{field} key", constants.property_key_bytes_max)
+            _property_value(item, f"{field}.{key}", depth + 1)
+        return
+    raise ValidationError(f"{field} has unsupported type {type(value).__name__}", field)

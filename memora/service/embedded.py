@@ -1,0 +1,549 @@
+"""`memora.Memora`: the embedded, durable, single-node store.
+
+Every write becomes a log entry that is appended to the segmented log, made durable by group
+commit (one fsync covers every writer waiting at that moment), and only then applied to the state
+machine; the caller gets the result of its own entry. What is applied is the entry decoded back
+from the bytes that were logged, so a replay after a crash applies exactly what the live store did.
+
+On open, the newest valid snapshot is restored and the log after it replayed. A torn tail is cut
+and reported in `recovery_report`; corruption in the middle of the log stops the open with an error
+naming the file and offset.
+
+Thread safety: any number of threads may call in. Writes are ordered by a lock that covers only
+the in-memory append, so concurrent writers share fsyncs; reads and applies share another lock.
+
+The Raft issue will route `_propose` through consensus; the public surface will not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import attrs
+import numpy as np
+
+from memora.core import constants, queries
+from memora.core import snapshot as core_snapshot
+from memora.core.codec import decode_entry, encode
+from memora.core.errors import CodecError, LimitError, MemoraError, ValidationError
+from memora.core.namespace import NamespaceState
+from memora.core.state import StateMachine
+from memora.core.types import (
+    AddObservation,
+    Applied,
+    Batch,
+    Command,
+    CreateNamespace,
+    DeleteEdge,
+    DeleteNode,
+    DeleteObservation,
+    Direction,
+    Edge,
+    Entry,
+    HybridHit,
+    InsertEdge,
+    InsertNode,
+    Metric,
+    Namespace,
+    Node,
+    Observation,
+    Properties,
+    Provenance,
+    RelatedNode,
+    Result,
+    SetVector,
+    SimilarHit,
+    UpdateEdge,
+    UpdateNode,
+    vector_to_bytes,
+)
+from memora.net.log_store import LogStore, RecoveryReport
+from memora.net.snapshot_store import SnapshotInfo, SnapshotStore
+
+logger = logging.getLogger(__name__)
+
+TERM_SINGLE_NODE = 1  # Until Raft arrives, every entry is written in term 1.
+
+
+class StoreClosedError(MemoraError):
+    code = "closed"
+
+
+class Memora:
+    """A durable memory graph in a directory. Use `Memora.open(path)`, ideally as a context manager."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        machine: StateMachine,
+        log: LogStore,
+        snapshots: SnapshotStore,
+        recovery_report: RecoveryReport,
+        *,
+        namespace: str,
+        principal: str,
+    ) -> None:
+        self.data_dir = data_dir
+        self.namespace = namespace
+        self.principal = principal
+        self.recovery_report = recovery_report
+        self._machine = machine
+        self._log = log
+        self._snapshots = snapshots
+        self._write_lock = threading.Lock()  # Orders entries: index and append.
+        self._apply_lock = threading.RLock()  # Guards the state machine: applies and reads.
+        self._pending: dict[int, bytes] = {}  # Appended, not yet applied, by index.
+        self._results: dict[int, Result] = {}  # Applied by another writer, not yet collected.
+        self._last_index = max(machine.applied_index, log.last_index or 0)
+        self._last_timestamp_ms = machine.last_timestamp_ms
+        self._closed = False
+
+    # -- Opening and closing ----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str = constants.namespace_default,
+        dimension: int = constants.dimension_default,
+        metric: Metric = "cosine",
+        principal: str = "local",
+    ) -> Memora:
+        """Open (or create) the store in `path`; create `namespace` if it does not exist yet."""
+        data_dir = os.fspath(path)
+        os.makedirs(data_dir, exist_ok=True)
+        snapshots = SnapshotStore(data_dir)
+        machine = _restore_latest(snapshots)
+        log, report = LogStore.open(os.path.join(data_dir, "raft"))
+        if report.truncated_path is not None:
+            logger.warning(
+                "cut a torn log tail: %d bytes at %s offset %s (%s)",
+                report.truncated_bytes,
+                report.truncated_path,
+                report.truncated_offset,
+                report.reason,
+            )
+        _replay(machine, log)
+        store = cls(
+            data_dir, machine, log, snapshots, report, namespace=namespace, principal=principal
+        )
+        if namespace not in machine.namespaces:
+            store.create_namespace(namespace, dimension=dimension, metric=metric)
+        return store
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._log.close()
+
+    def __enter__(self) -> Memora:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- Writes -----------------------------------------------------------------------------------
+
+    def create_namespace(
+        self, name: str, *, dimension: int = constants.dimension_default, metric: Metric = "cosine"
+    ) -> Namespace:
+        value: Namespace = self._propose(CreateNamespace(dimension, metric), name)
+        return value
+
+    def insert_node(
+        self,
+        label: str,
+        *,
+        id: int | None = None,
+        name: str | None = None,
+        properties: Properties | None = None,
+        text: str | None = None,
+        vector: Any = None,
+        provenance: Provenance | None = None,
+        namespace: str | None = None,
+    ) -> Node:
+        command = InsertNode(
+            label,
+            id=id,
+            name=name,
+            properties={} if properties is None else properties,
+            text=text,
+            vector=_vector_bytes(vector),
+            provenance=provenance or Provenance(),
+        )
+        node: Node = self._propose(command, namespace)
+        return node
+
+    def update_node(
+        self,
+        id: int,
+        *,
+        label: str | None = None,
+        name: str | None = None,
+        properties: Properties | None = None,
+        text: str | None = None,
+        vector: Any = None,
+        provenance: Provenance | None = None,
+        clear: Sequence[str] = (),
+        namespace: str | None = None,
+    ) -> Node:
+        command = UpdateNode(
+            id, label, name, properties, text, _vector_bytes(vector), provenance, tuple(clear)
+        )
+        node: Node = self._propose(command, namespace)
+        return node
+
+    def delete_node(self, id: int, *, namespace: str | None = None) -> Node:
+        node: Node = self._propose(DeleteNode(id), namespace)
+        return node
+
+    def insert_vector(self, node_id: int, vector: Any, *, namespace: str | None = None) -> Node:
+        """Set the vector of an existing node (the seed's name for it)."""
+        node: Node = self._propose(SetVector(node_id, _require_vector(vector)), namespace)
+        return node
+
+    def insert_edge(
+        self,
+        source: int,
+        target: int,
+        kind: str = "related",
+        *,
+        id: int | None = None,
+        properties: Properties | None = None,
+        provenance: Provenance | None = None,
+        namespace: str | None = None,
+    ) -> Edge:
+        command = InsertEdge(
+            source, target, kind, id, {} if properties is None else properties,
+            provenance or Provenance(),
+        )
+        edge: Edge = self._propose(command, namespace)
+        return edge
+
+    def update_edge(
+        self,
+        id: int,
+        *,
+        properties: Properties | None = None,
+        provenance: Provenance | None = None,
+        namespace: str | None = None,
+    ) -> Edge:
+        edge: Edge = self._propose(UpdateEdge(id, properties, provenance), namespace)
+        return edge
+
+    def delete_edge(self, id: int, *, namespace: str | None = None) -> Edge:
+        edge: Edge = self._propose(DeleteEdge(id), namespace)
+        return edge
+
+    def add_observation(
+        self,
+        node_id: int,
+        text: str,
+        *,
+        vector: Any = None,
+        provenance: Provenance | None = None,
+        namespace: str | None = None,
+    ) -> Observation:
+        command = AddObservation(
+            node_id, text, _vector_bytes(vector), None, provenance or Provenance()
+        )
+        observation: Observation = self._propose(command, namespace)
+        return observation
+
+    def delete_observation(self, id: int, *, namespace: str | None = None) -> Observation:
+        observation: Observation = self._propose(DeleteObservation(id), namespace)
+        return observation
+
+    def batch(
+        self, commands: Iterable[Command], *, namespace: str | None = None
+    ) -> tuple[Any, ...]:
+        """Apply commands atomically: all take effect, or none and the first error is raised.
+
+        Vectors inside the commands may be lists or numpy arrays; they are converted to float32.
+        """
+        normalised = tuple(_normalise_vectors(command) for command in commands)
+        values: tuple[Any, ...] = self._propose(Batch(normalised), namespace)
+        return values
+
+    @property
+    def applied_index(self) -> int:
+        return self._machine.applied_index
+
+    def _propose(self, command: Command, namespace: str | None) -> Any:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        data, index = self._append(command, namespace or self.namespace)
+        self._log.sync_through(index)
+        result = self._apply_through(index)
+        if isinstance(result, Applied):
+            return result.value
+        raise result.error
+
+    def _append(self, command: Command, namespace: str) -> tuple[bytes, int]:
+        with self._write_lock:
+            index = self._last_index + 1
+            timestamp_ms = max(self._last_timestamp_ms, time.time_ns() // 1_000_000)
+            entry = Entry(
+                index, TERM_SINGLE_NODE, timestamp_ms, self.principal, namespace, None, command
+            )
+            try:
+                data = encode(entry)
+            except (CodecError, TypeError, ValueError, OverflowError) as error:
+                raise ValidationError(f"the command cannot be encoded: {error}", "command") from error
+            if len(data) > constants.entry_bytes_max:
+                raise LimitError(
+                    f"the command encodes to {len(data)} bytes; the limit is "
+                    f"{constants.entry_bytes_max}",
+                    "command",
+                )
+            self._log.append(index, data)
+            self._pending[index] = data
+            self._last_index = index
+            self._last_timestamp_ms = timestamp_ms
+        return data, index
+
+    def _apply_through(self, index: int) -> Result:
+        """Apply every durable entry up to `index`, in order, and collect the result of `index`."""
+        with self._apply_lock:
+            while self._machine.applied_index < index:
+                next_index = self._machine.applied_index + 1
+                entry = decode_entry(self._pending.pop(next_index))
+                self._results[next_index] = self._machine.apply(entry)
+            return self._results.pop(index)
+
+    # -- Reads ------------------------------------------------------------------------------------
+
+    def get_node(
+        self, id: int, *, as_of: int | None = None, namespace: str | None = None
+    ) -> Node | None:
+        with self._apply_lock:
+            return queries.get_node(self._reader(namespace, as_of), id, as_of)
+
+    def get_node_by_name(self, name: str, *, namespace: str | None = None) -> Node | None:
+        with self._apply_lock:
+            return queries.node_by_name(self._reader(namespace, None), name)
+
+    def get_edge(
+        self, id: int, *, as_of: int | None = None, namespace: str | None = None
+    ) -> Edge | None:
+        with self._apply_lock:
+            return queries.get_edge(self._reader(namespace, as_of), id, as_of)
+
+    def node_history(self, id: int, *, namespace: str | None = None) -> list[Node]:
+        with self._apply_lock:
+            return list(self._reader(namespace, None).nodes.get(id, ()))
+
+    def edges_of(
+        self,
+        node_id: int,
+        *,
+        direction: Direction = "both",
+        kinds: Iterable[str] | None = None,
+        as_of: int | None = None,
+        namespace: str | None = None,
+    ) -> list[Edge]:
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            return queries.edges_of(ns, node_id, direction, _kinds(kinds), as_of)
+
+    def observations_of(
+        self, node_id: int, *, as_of: int | None = None, namespace: str | None = None
+    ) -> list[Observation]:
+        with self._apply_lock:
+            return queries.observations_of(self._reader(namespace, as_of), node_id, as_of)
+
+    def list_nodes(
+        self,
+        *,
+        label: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+        as_of: int | None = None,
+        namespace: str | None = None,
+    ) -> list[Node]:
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            return queries.list_nodes(ns, label, after_id, limit, as_of)
+
+    def query_related(
+        self,
+        node_id: int,
+        depth: int = 1,
+        *,
+        kinds: Iterable[str] | None = None,
+        direction: Direction = "both",
+        as_of: int | None = None,
+        namespace: str | None = None,
+    ) -> list[RelatedNode]:
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            return queries.related(ns, node_id, depth, _kinds(kinds), direction, as_of)
+
+    def query_similar(
+        self,
+        vector_or_node_id: Any,
+        top_k: int = 10,
+        *,
+        label: str | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+        as_of: int | None = None,
+        namespace: str | None = None,
+    ) -> list[SimilarHit]:
+        """Nearest nodes to a vector, or to a node's own vector (the node itself excluded)."""
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            vector, exclude = self._query_target(ns, vector_or_node_id, as_of)
+            return queries.similar(ns, vector, top_k, label, exact, ef, as_of, exclude)
+
+    def query_hybrid(
+        self,
+        node_id: int | None = None,
+        depth: int = 1,
+        top_k: int = 10,
+        *,
+        vector: Any = None,
+        kinds: Iterable[str] | None = None,
+        direction: Direction = "both",
+        label: str | None = None,
+        exact: bool = False,
+        as_of: int | None = None,
+        namespace: str | None = None,
+    ) -> list[SimilarHit] | list[HybridHit]:
+        """Graph and vectors together.
+
+        With `node_id`: the node's neighbourhood within `depth` hops, ranked by similarity to
+        `vector` (or to the node's own vector). Without it: the `top_k` nearest nodes to `vector`,
+        each with its neighbourhood within `depth` hops.
+        """
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            query = None if vector is None else queries.query_vector(ns, vector)
+            if node_id is not None:
+                return queries.hybrid_around_node(
+                    ns, node_id, depth, top_k, query, _kinds(kinds), direction, as_of
+                )
+            if query is None:
+                raise ValidationError("give a node_id, a vector, or both", "vector")
+            return queries.hybrid_from_vector(
+                ns, query, top_k, depth, label, _kinds(kinds), direction, exact, as_of
+            )
+
+    def state_hash(self) -> str:
+        with self._apply_lock:
+            return self._machine.state_hash()
+
+    def stats(self, *, namespace: str | None = None) -> dict[str, Any]:
+        with self._apply_lock:
+            ns = self._reader(namespace, None)
+            return {
+                "namespace": ns.info.name,
+                "dimension": ns.info.dimension,
+                "metric": ns.info.metric,
+                "applied_index": self._machine.applied_index,
+                "nodes": sum(1 for versions in ns.nodes.values() if not versions[-1].deleted),
+                "edges": len(ns.edge_keys),
+                "vectors": len(ns.node_vectors),
+                "observation_vectors": len(ns.observation_vectors),
+                "vector_segments": ns.node_vectors.segment_count(),
+                "vector_index_bytes": ns.node_vectors.memory_bytes()
+                + ns.observation_vectors.memory_bytes(),
+            }
+
+    def _reader(self, namespace: str | None, as_of: int | None) -> NamespaceState:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        return self._machine.reader(namespace or self.namespace, as_of)
+
+    def _query_target(
+        self, ns: NamespaceState, target: Any, as_of: int | None
+    ) -> tuple[Any, int | None]:
+        if isinstance(target, int) and not isinstance(target, bool):
+            node = queries.require_node(ns, target, as_of, "node_id")
+            return queries.own_vector(node), node.id
+        return queries.query_vector(ns, target), None
+
+    # -- Snapshots --------------------------------------------------------------------------------
+
+    def snapshot(self) -> SnapshotInfo:
+        """Write a snapshot of the applied state and drop the log segments it covers."""
+        with self._apply_lock:
+            index = self._machine.applied_index
+            parts = core_snapshot.take(self._machine)
+        info = self._snapshots.write(index, TERM_SINGLE_NODE, parts)
+        self._log.truncate_prefix(index)
+        return info
+
+
+# -- Helpers ----------------------------------------------------------------------------------------
+
+
+def _restore_latest(snapshots: SnapshotStore) -> StateMachine:
+    latest = snapshots.latest()
+    for warning in snapshots.warnings:
+        logger.warning("snapshot: %s", warning)
+    if latest is None:
+        return StateMachine()
+    info, parts = latest
+    machine = core_snapshot.restore(parts)
+    assert machine.applied_index == info.index, (machine.applied_index, info.index)
+    return machine
+
+
+def _replay(machine: StateMachine, log: LogStore) -> None:
+    """Apply the durable log entries that follow the restored snapshot."""
+    first = log.first_index
+    if first is None:
+        return
+    if first > machine.applied_index + 1:
+        raise CodecError(
+            f"the log starts at index {first}, but the snapshot ends at {machine.applied_index}"
+        )
+    for index, payload in log.read(machine.applied_index + 1):
+        entry = decode_entry(payload)
+        if entry.index != index:
+            raise CodecError(f"log record {index} holds entry {entry.index}")
+        machine.apply(entry)
+
+
+def _kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        return frozenset((kinds,))
+    return frozenset(kinds)
+
+
+def _vector_bytes(vector: Any) -> bytes | None:
+    return None if vector is None else _require_vector(vector)
+
+
+def _require_vector(vector: Any) -> bytes:
+    if isinstance(vector, bytes):
+        return vector
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValidationError(f"vector must be a list of numbers: {error}", "vector") from error
+    if array.ndim != 1:
+        raise ValidationError("vector must be one-dimensional", "vector")
+    return vector_to_bytes(array)
+
+
+def _normalise_vectors(command: Command) -> Command:
+    vector = getattr(command, "vector", None)
+    if vector is None or isinstance(vector, bytes):
+        return command
+    return attrs.evolve(command, vector=_require_vector(vector))  # type: ignore[arg-type]

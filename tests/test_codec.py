@@ -1,0 +1,132 @@
+"""The codec round-trips every command, record and entry, and framing catches damage."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memora.core import codec
+from memora.core.codec import FrameStatus
+from memora.core.types import (
+    AddObservation,
+    Batch,
+    CreateNamespace,
+    DeleteEdge,
+    DeleteNode,
+    DeleteObservation,
+    Edge,
+    Entry,
+    InsertEdge,
+    InsertNode,
+    Node,
+    Observation,
+    Provenance,
+    SetVector,
+    Stamp,
+    UpdateEdge,
+    UpdateNode,
+    vector_to_bytes,
+)
+
+texts = st.text(max_size=20)
+ids = st.integers(min_value=1, max_value=2**63 - 1)
+optional_ids = st.none() | ids
+finite = st.floats(allow_nan=False, allow_infinity=False)
+property_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | finite | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
+)
+properties = st.dictionaries(texts, property_values, max_size=4)
+vectors = st.none() | st.lists(finite.filter(lambda x: abs(x) < 1e30), min_size=1, max_size=8).map(
+    vector_to_bytes
+)
+provenances = st.builds(
+    Provenance,
+    st.none() | texts,
+    st.floats(0, 1),
+    st.none() | st.integers(0, 2**40),
+    st.none() | st.integers(0, 2**40),
+)
+stamps = st.builds(Stamp, ids, st.integers(0, 2**45), texts, st.none() | texts)
+
+simple_commands = st.one_of(
+    st.builds(CreateNamespace, st.integers(1, 4096), st.sampled_from(["cosine", "l2"])),
+    st.builds(InsertNode, texts, optional_ids, st.none() | texts, properties, st.none() | texts,
+              vectors, provenances),
+    st.builds(UpdateNode, ids, st.none() | texts, st.none() | texts, st.none() | properties,
+              st.none() | texts, vectors, st.none() | provenances,
+              st.lists(st.sampled_from(["name", "text", "vector"]), max_size=3)),
+    st.builds(DeleteNode, ids),
+    st.builds(SetVector, ids, vectors.filter(lambda v: v is not None)),
+    st.builds(InsertEdge, ids, ids, texts, optional_ids, properties, provenances),
+    st.builds(UpdateEdge, ids, st.none() | properties, st.none() | provenances),
+    st.builds(DeleteEdge, ids),
+    st.builds(AddObservation, ids, texts, vectors, optional_ids, provenances),
+    st.builds(DeleteObservation, ids),
+)
+commands = simple_commands | st.builds(Batch, st.lists(simple_commands, max_size=4))
+entries = st.builds(
+    Entry, ids, st.integers(0, 2**40), st.integers(0, 2**45), texts, texts, st.none() | texts,
+    commands,
+)
+records = st.one_of(
+    st.builds(Node, texts, ids, st.integers(1, 100), texts, st.none() | texts, properties,
+              st.none() | texts, vectors, provenances, stamps, stamps, st.booleans()),
+    st.builds(Edge, texts, ids, st.integers(1, 100), ids, ids, texts, properties, provenances,
+              stamps, stamps, st.booleans()),
+    st.builds(Observation, texts, ids, st.integers(1, 100), ids, texts, vectors, provenances,
+              stamps, stamps, st.booleans()),
+)
+
+
+@given(entries)
+def test_entries_round_trip(entry: Entry) -> None:
+    assert codec.decode_entry(codec.encode(entry)) == entry
+
+
+@given(records)
+def test_records_round_trip(record: Any) -> None:
+    assert codec.decode(codec.encode(record)) == record
+    assert codec.decode(codec.encode_canonical(record)) == record
+
+
+@given(st.binary(max_size=200))
+def test_frames_round_trip(body: bytes) -> None:
+    framed = codec.frame(body)
+    read = codec.read_frame(framed, 0)
+    assert read.status is FrameStatus.OK and read.body == body and read.end == len(framed)
+
+
+@given(st.binary(min_size=1, max_size=64), st.data())
+def test_any_single_byte_change_is_caught(body: bytes, data: st.DataObject) -> None:
+    framed = bytearray(codec.frame(body))
+    position = data.draw(st.integers(0, len(framed) - 1))
+    framed[position] ^= data.draw(st.integers(1, 255))
+    assert codec.read_frame(bytes(framed), 0).status is not FrameStatus.OK
+
+
+def test_a_cut_frame_is_short() -> None:
+    framed = codec.frame(b"hello world")
+    for cut in range(len(framed)):
+        assert codec.read_frame(framed[:cut], 0).status is FrameStatus.SHORT
+
+
+def test_garbage_is_a_codec_error_not_a_crash() -> None:
+    for garbage in [b"\xff\xff", b"\xd9\x9c\x41\x81\x01", codec.encode([1, 2]), b""]:
+        try:
+            codec.decode_entry(garbage)
+        except codec.CodecError:
+            continue
+        raise AssertionError(f"{garbage!r} decoded")
+
+
+def test_vectors_travel_as_exact_float32() -> None:
+    vector = np.array([0.1, -2.5, math.pi], dtype=np.float32)
+    node = InsertNode("L", vector=vector_to_bytes(vector))
+    decoded = codec.decode(codec.encode(node))
+    assert decoded.vector == vector.tobytes()
