@@ -35,6 +35,7 @@ from memora.core.types import (
     UpdateNode,
 )
 
+
 def __getattr__(name: str) -> object:
     # Imported lazily so that `import memora.core...` never pulls in the I/O layers.
     if name == "Memora":
@@ -42,6 +43,7 @@ def __getattr__(name: str) -> object:
 
         return Memora
     raise AttributeError(f"module 'memora' has no attribute {name!r}")
+
 
 __all__ = [
     "AddObservation",

@@ -1,8 +1,8 @@
 """Typed errors for bad input.
 
-A `MemoraError` is the answer to bad input from a user, a client or a peer: it names the field at
-fault and leaves the state unchanged. A programmer error is an `AssertionError` instead, never one of
-these. The `code` of each class is stable: REST and MCP put it in their error bodies.
+A `MemoraError` is the answer to bad input from a user, a client or a peer: it names the field
+at fault and leaves the state unchanged. A programmer error is an `AssertionError` instead, never
+one of these. The `code` of each class is stable: REST and MCP put it in their error bodies.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class Journal:
             while end < len(changes) and changes[end][0] is index and changes[end][2] is not None:
                 end += 1
             run = changes[start:end]
-            index.add([change[1] for change in run], np.stack([c[2] for c in run]), log_index)
+            vectors = [change[2] for change in run if change[2] is not None]
+            index.add([change[1] for change in run], np.stack(vectors), log_index)
             start = end
         self.undo.clear()
         self.vector_changes.clear()
@@ -79,11 +80,8 @@ def _undo_append(versions: list[RecordT], table: dict[int, list[RecordT]], key: 
         del table[key]
 
 
-def _undo_set(table: dict[int, int], key: int, previous: int | None) -> None:
-    if previous is None:
-        del table[key]
-    else:
-        table[key] = previous
+def _pop(items: list[int]) -> None:
+    items.pop()
 
 
 class NamespaceState:
@@ -196,13 +194,11 @@ class NamespaceState:
         first_version = observation.id not in self.observations
         self._append_version(journal, self.observations, observation)
         if first_version:
-            self._append_ever(
-                journal, self.observations_ever, observation.node_id, observation.id
-            )
+            self._append_ever(journal, self.observations_ever, observation.node_id, observation.id)
         live = self.observations_live.setdefault(observation.node_id, {})
         if previous is None and not observation.deleted:
             live[observation.id] = None
-            journal.undo.append(lambda: live.pop(observation.id))
+            journal.undo.append(lambda: live.__delitem__(observation.id))
         elif previous is not None and observation.deleted:
             del live[observation.id]
             journal.undo.append(lambda: live.__setitem__(observation.id, None))
@@ -236,7 +232,7 @@ class NamespaceState:
     ) -> None:
         ids = table.setdefault(node_id, [])
         ids.append(record_id)
-        journal.undo.append(ids.pop)
+        journal.undo.append(lambda: _pop(ids))
 
     def _set_counter(self, journal: Journal, name: str, value: int) -> None:
         previous = getattr(self, name)
@@ -247,12 +243,13 @@ class NamespaceState:
     def _reindex_node(
         self, journal: Journal, previous: Node | None, node: Node | None, log_index: int
     ) -> None:
-        if previous is not None and (node is None or previous.name != node.name):
-            if previous.name is not None:
-                self._unset_name(journal, previous.name)
-        if node is not None and node.name is not None:
-            if previous is None or previous.name != node.name:
-                self._set_name(journal, node.name, node.id)
+        name_before = None if previous is None else previous.name
+        name_after = None if node is None else node.name
+        if name_before != name_after:
+            if name_before is not None:
+                self._unset_name(journal, name_before)
+            if name_after is not None and node is not None:
+                self._set_name(journal, name_after, node.id)
         if previous is not None and (node is None or previous.label != node.label):
             self._unlabel(journal, previous.label, previous.id)
         if node is not None and (previous is None or previous.label != node.label):
@@ -266,7 +263,7 @@ class NamespaceState:
     def _set_name(self, journal: Journal, name: str, node_id: int) -> None:
         assert name not in self.names, name
         self.names[name] = node_id
-        journal.undo.append(lambda: self.names.pop(name))
+        journal.undo.append(lambda: self.names.__delitem__(name))
 
     def _unset_name(self, journal: Journal, name: str) -> None:
         node_id = self.names.pop(name)

@@ -248,7 +248,9 @@ def edges_of(
     return sorted(found, key=lambda edge: edge.id)
 
 
-def observations_of(ns: NamespaceState, node_id: int, as_of: int | None = None) -> list[Observation]:
+def observations_of(
+    ns: NamespaceState, node_id: int, as_of: int | None = None
+) -> list[Observation]:
     require_node(ns, node_id, as_of, "node_id")
     found = (get_observation(ns, oid, as_of) for oid in ns.observations_ever.get(node_id, ()))
     return [observation for observation in found if observation is not None]

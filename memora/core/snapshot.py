@@ -15,7 +15,7 @@ from typing import Any, Final
 from memora.core.codec import decode, encode
 from memora.core.errors import CodecError
 from memora.core.namespace import NamespaceState
-from memora.core.state import StateMachine, version_digest
+from memora.core.state import StateMachine
 from memora.core.types import Edge, Namespace, Node, Observation
 from memora.core.vectors import VectorIndex
 
@@ -30,8 +30,7 @@ def take(machine: StateMachine) -> dict[str, bytes]:
         "applied_index": machine.applied_index,
         "last_timestamp_ms": machine.last_timestamp_ms,
         "namespaces": [
-            [ns.info, ns.next_node_id, ns.next_edge_id, ns.next_observation_id]
-            for ns in namespaces
+            [ns.info, ns.next_node_id, ns.next_edge_id, ns.next_observation_id] for ns in namespaces
         ],
     }
     return {

@@ -23,7 +23,13 @@ import attrs
 
 from memora.core import constants, queries, validate
 from memora.core.codec import encode_canonical
-from memora.core.errors import ConflictError, LimitError, MemoraError, NotFoundError, ValidationError
+from memora.core.errors import (
+    ConflictError,
+    LimitError,
+    MemoraError,
+    NotFoundError,
+    ValidationError,
+)
 from memora.core.namespace import Journal, NamespaceState
 from memora.core.types import (
     AddObservation,
@@ -173,7 +179,7 @@ class StateMachine:
             context.stamp,
         )
         self.namespaces[name] = NamespaceState(info)
-        context.journal.undo.append(lambda: self.namespaces.pop(name))
+        context.journal.undo.append(lambda: self.namespaces.__delitem__(name))
         context.journal.written.append(info)
         return info
 
@@ -215,7 +221,9 @@ class StateMachine:
                 )
         changes: dict[str, Any] = {f: None for f in command.clear}
         if command.label is not None:
-            changes["label"] = validate.text_field(command.label, "label", constants.label_bytes_max)
+            changes["label"] = validate.text_field(
+                command.label, "label", constants.label_bytes_max
+            )
         if command.name is not None:
             changes["name"] = validate.text_field(command.name, "name", constants.name_bytes_max)
             if changes["name"] != node.name:
@@ -261,9 +269,7 @@ class StateMachine:
 
     def _check_name_free(self, ns: NamespaceState, name: str | None) -> None:
         if name is not None and name in ns.names:
-            raise ConflictError(
-                f"name {name!r} already belongs to node {ns.names[name]}", "name"
-            )
+            raise ConflictError(f"name {name!r} already belongs to node {ns.names[name]}", "name")
 
     @staticmethod
     def _require_node(ns: NamespaceState, node_id: object, field: str) -> Node:

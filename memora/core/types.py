@@ -14,6 +14,7 @@ its versions, which is what makes `as_of` reads possible.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -130,6 +131,10 @@ Record: TypeAlias = Node | Edge | Observation
 # Commands. Each is applied to the namespace named by its entry.
 
 
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class CreateNamespace:
     dimension: int = 128
@@ -164,7 +169,7 @@ class UpdateNode:
     text: str | None = None
     vector: bytes | None = None
     provenance: Provenance | None = None
-    clear: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    clear: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
 
 @attrs.frozen
@@ -232,11 +237,15 @@ SimpleCommand: TypeAlias = (
 )
 
 
+def _commands(commands: Iterable[SimpleCommand]) -> tuple[SimpleCommand, ...]:
+    return tuple(commands)
+
+
 @attrs.frozen
 class Batch:
     """Commands applied atomically: all of them, or none when one fails."""
 
-    commands: tuple[SimpleCommand, ...] = attrs.field(converter=tuple)
+    commands: tuple[SimpleCommand, ...] = attrs.field(converter=_commands)
 
 
 Command: TypeAlias = SimpleCommand | Batch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from memora.core.types import Provenance
+from memora.core.types import Provenance, SimilarHit
 from memora.service.embedded import Memora
 from memora.service.embedding import HashingEmbedder
 
@@ -90,8 +90,9 @@ def _query_graph(
     ranked = store.query_hybrid(
         ids["proj-memora"], depth=1, top_k=3, vector=embedder.embed("replication decision raft")
     )
-    for hit in ranked:
-        out.write(f"  {hit.distance:.3f}  {hit.node.name}\n")
+    for neighbour in ranked:
+        assert isinstance(neighbour, SimilarHit)
+        out.write(f"  {neighbour.distance:.3f}  {neighbour.node.name}\n")
 
     before_update = store.applied_index
     store.update_node(ids["pref-dark"], text="prefers light mode since 2026")

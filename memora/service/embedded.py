@@ -59,6 +59,7 @@ from memora.core.types import (
     Result,
     SetVector,
     SimilarHit,
+    SimpleCommand,
     UpdateEdge,
     UpdateNode,
     vector_to_bytes,
@@ -76,7 +77,7 @@ class StoreClosedError(MemoraError):
 
 
 class Memora:
-    """A durable memory graph in a directory. Use `Memora.open(path)`, ideally as a context manager."""
+    """A durable memory graph in a directory: `Memora.open(path)`, best as a context manager."""
 
     def __init__(
         self,
@@ -200,7 +201,7 @@ class Memora:
         namespace: str | None = None,
     ) -> Node:
         command = UpdateNode(
-            id, label, name, properties, text, _vector_bytes(vector), provenance, tuple(clear)
+            id, label, name, properties, text, _vector_bytes(vector), provenance, clear
         )
         node: Node = self._propose(command, namespace)
         return node
@@ -226,7 +227,11 @@ class Memora:
         namespace: str | None = None,
     ) -> Edge:
         command = InsertEdge(
-            source, target, kind, id, {} if properties is None else properties,
+            source,
+            target,
+            kind,
+            id,
+            {} if properties is None else properties,
             provenance or Provenance(),
         )
         edge: Edge = self._propose(command, namespace)
@@ -267,7 +272,7 @@ class Memora:
         return observation
 
     def batch(
-        self, commands: Iterable[Command], *, namespace: str | None = None
+        self, commands: Iterable[SimpleCommand], *, namespace: str | None = None
     ) -> tuple[Any, ...]:
         """Apply commands atomically: all take effect, or none and the first error is raised.
 
@@ -284,14 +289,14 @@ class Memora:
     def _propose(self, command: Command, namespace: str | None) -> Any:
         if self._closed:
             raise StoreClosedError("the store is closed")
-        data, index = self._append(command, namespace or self.namespace)
+        index = self._append(command, namespace or self.namespace)
         self._log.sync_through(index)
         result = self._apply_through(index)
         if isinstance(result, Applied):
             return result.value
         raise result.error
 
-    def _append(self, command: Command, namespace: str) -> tuple[bytes, int]:
+    def _append(self, command: Command, namespace: str) -> int:
         with self._write_lock:
             index = self._last_index + 1
             timestamp_ms = max(self._last_timestamp_ms, time.time_ns() // 1_000_000)
@@ -301,7 +306,8 @@ class Memora:
             try:
                 data = encode(entry)
             except (CodecError, TypeError, ValueError, OverflowError) as error:
-                raise ValidationError(f"the command cannot be encoded: {error}", "command") from error
+                message = f"the command cannot be encoded: {error}"
+                raise ValidationError(message, "command") from error
             if len(data) > constants.entry_bytes_max:
                 raise LimitError(
                     f"the command encodes to {len(data)} bytes; the limit is "
@@ -312,7 +318,7 @@ class Memora:
             self._pending[index] = data
             self._last_index = index
             self._last_timestamp_ms = timestamp_ms
-        return data, index
+        return index
 
     def _apply_through(self, index: int) -> Result:
         """Apply every durable entry up to `index`, in order, and collect the result of `index`."""
@@ -487,7 +493,7 @@ class Memora:
         return info
 
 
-# -- Helpers ----------------------------------------------------------------------------------------
+# -- Helpers --------------------------------------------------------------------------------------
 
 
 def _restore_latest(snapshots: SnapshotStore) -> StateMachine:
@@ -542,7 +548,7 @@ def _require_vector(vector: Any) -> bytes:
     return vector_to_bytes(array)
 
 
-def _normalise_vectors(command: Command) -> Command:
+def _normalise_vectors(command: SimpleCommand) -> SimpleCommand:
     vector = getattr(command, "vector", None)
     if vector is None or isinstance(vector, bytes):
         return command

@@ -1,0 +1,171 @@
+"""The embedded store as a user drives it: writes, reads, reopen, snapshots, crashes, threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import memora
+from memora import (
+    ConflictError,
+    DimensionError,
+    InsertEdge,
+    InsertNode,
+    Memora,
+    NotFoundError,
+    ValidationError,
+)
+
+
+def unit(seed: int, dimension: int = 8) -> list[float]:
+    vector = np.random.default_rng(seed).standard_normal(dimension)
+    return list(vector / np.linalg.norm(vector))
+
+
+def populate(store: Memora, count: int = 30) -> None:
+    for number in range(1, count + 1):
+        store.insert_node("Item", id=number, name=f"item-{number}", vector=unit(number))
+    for number in range(2, count + 1):
+        store.insert_edge(number - 1, number, "links")
+
+
+def test_the_seed_api_round_trip(tmp_path: Path) -> None:
+    with Memora.open(tmp_path, dimension=8) as store:
+        store.insert_node("UserPreference", id=100)
+        store.insert_node("Person", id=1, name="alice", text="likes tea", vector=unit(1))
+        store.insert_edge(1, 100, "owns")
+        store.insert_vector(100, unit(100))
+        assert store.get_node(100) is not None
+        assert [(r.node.id, r.depth) for r in store.query_related(1, 2)] == [(100, 1)]
+        hits = store.query_similar(unit(100), top_k=1)
+        assert hits[0].node.id == 100 and hits[0].distance == pytest.approx(0.0, abs=1e-6)
+        assert [h.node.id for h in store.query_hybrid(1, depth=1, top_k=5)] == [100]
+        by_vector = store.query_hybrid(vector=unit(1), depth=1, top_k=1)
+        assert by_vector[0].hit.node.id == 1 and by_vector[0].neighbours[0].node.id == 100
+
+
+def test_everything_acknowledged_survives_reopen(tmp_path: Path) -> None:
+    with Memora.open(tmp_path, dimension=8) as store:
+        populate(store)
+        store.delete_node(5)
+        expected_hash = store.state_hash()
+        expected_related = [(r.node.id, r.depth) for r in store.query_related(10, 3)]
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.state_hash() == expected_hash
+        assert [(r.node.id, r.depth) for r in reopened.query_related(10, 3)] == expected_related
+        assert reopened.get_node(5) is None
+        assert reopened.get_node(5, as_of=5) is not None
+
+
+def test_snapshot_then_more_writes_then_reopen(tmp_path: Path) -> None:
+    with Memora.open(tmp_path, dimension=8) as store:
+        populate(store, 20)
+        info = store.snapshot()
+        assert (tmp_path / "metadata" / f"snapshot-{info.number:06d}.json").exists()
+        store.insert_node("Item", id=99, vector=unit(99))
+        store.insert_edge(20, 99, "links")
+        expected = store.state_hash()
+        expected_hits = [(h.node.id, h.distance) for h in store.query_similar(unit(3), 5)]
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.state_hash() == expected
+        assert [
+            (h.node.id, h.distance) for h in reopened.query_similar(unit(3), 5)
+        ] == expected_hits
+
+
+def test_a_torn_tail_is_cut_and_reported(tmp_path: Path) -> None:
+    with Memora.open(tmp_path, dimension=8) as store:
+        populate(store, 5)
+        durable = store.state_hash()
+    segment = sorted((tmp_path / "raft").glob("log-*.seg"))[-1]
+    with open(segment, "ab") as file:
+        file.write(b"\x40\x00\x00\x00garbage")  # A frame header promising more than is there.
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.recovery_report.truncated_path is not None
+        assert reopened.state_hash() == durable
+        reopened.insert_node("Item", id=50)
+    with Memora.open(tmp_path, dimension=8) as again:
+        assert again.get_node(50) is not None
+
+
+def test_typed_errors_leave_the_store_usable(tmp_path: Path) -> None:
+    with Memora.open(tmp_path, dimension=8) as store:
+        store.insert_node("Person", id=1, name="alice")
+        before = store.state_hash()
+        with pytest.raises(NotFoundError) as missing:
+            store.insert_edge(1, 2, "knows")
+        assert missing.value.field == "target"
+        with pytest.raises(DimensionError):
+            store.insert_node("Person", vector=[1.0, 2.0])
+        with pytest.raises(ValidationError):
+            store.insert_node("Person", vector=[float("nan")] * 8)
+        with pytest.raises(ConflictError):
+            store.insert_node("Person", name="alice")
+        with pytest.raises(NotFoundError):
+            store.insert_node("Person", namespace="nowhere")
+        with pytest.raises(ConflictError):
+            store.batch([InsertNode("Person", id=7), InsertNode("Person", id=7)])
+        assert store.get_node(7) is None
+        # Rejected entries still advance the applied index, but never the logical records.
+        assert store.applied_index == 8
+        assert store.get_node(1) is not None
+        assert before != store.state_hash()  # The applied index is part of the hash.
+
+
+def test_batches_are_atomic_and_can_reference_their_own_nodes(tmp_path: Path) -> None:
+    with Memora.open(tmp_path, dimension=8) as store:
+        nodes = store.batch(
+            [
+                InsertNode("A", id=1, vector=np.ones(8)),
+                InsertNode("B", id=2, vector=unit(2)),
+                InsertEdge(1, 2, "owns"),
+            ]
+        )
+        assert [record.id for record in nodes] == [1, 2, 1]
+        assert store.stats()["vectors"] == 2
+
+
+def test_concurrent_writers_share_fsyncs_and_all_land(tmp_path: Path) -> None:
+    store = Memora.open(tmp_path, dimension=8)
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for number in range(25):
+                store.insert_node("Item", id=worker * 1000 + number + 1)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert store.stats()["nodes"] == 200
+    expected = store.state_hash()
+    store.close()
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.state_hash() == expected
+
+
+def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = Memora.open(tmp_path, dimension=8)
+    store.close()
+    with pytest.raises(memora.MemoraError):
+        store.insert_node("Person")
+    with pytest.raises(memora.MemoraError):
+        store.get_node(1)
+
+
+def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from memora.cli import main
+
+    assert main(["demo", "--data-dir", os.fspath(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "related to alice within 2 hops" in printed
+    assert "demo finished" in printed
