@@ -58,7 +58,8 @@ def test_everything_acknowledged_survives_reopen(tmp_path: Path) -> None:
         assert reopened.state_hash() == expected_hash
         assert [(r.node.id, r.depth) for r in reopened.query_related(10, 3)] == expected_related
         assert reopened.get_node(5) is None
-        assert reopened.get_node(5, as_of=5) is not None
+        assert reopened.get_node(5, as_of=5) is None  # Index 1 created the namespace.
+        assert reopened.get_node(5, as_of=6) is not None
 
 
 def test_snapshot_then_more_writes_then_reopen(tmp_path: Path) -> None:
