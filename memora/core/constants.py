@@ -61,6 +61,11 @@ vector_segment_capacity_initial: Final = 4_096
 frame_header_bytes: Final = 8
 frame_body_bytes_max: Final = entry_bytes_max + 1024
 log_segment_bytes_max: Final = 64 * 1024 * 1024
+# How far past a bad frame recovery looks for a valid one before calling the bad frame a torn tail.
+log_recovery_scan_window_bytes: Final = 4 * 1024 * 1024
+
+# Snapshots on disk: the newest ones kept, so that a damaged newest one has a fallback.
+snapshots_kept: Final = 2
 
 assert len(namespace_default.encode()) <= namespace_name_bytes_max
 assert dimension_min <= dimension_default <= dimension_max
@@ -71,3 +76,4 @@ assert hnsw_ef_search_default <= hnsw_ef_search_max
 assert top_k_max <= hnsw_ef_search_max
 assert frame_body_bytes_max < 2**32
 assert entry_bytes_max < frame_body_bytes_max
+assert snapshots_kept >= 2

@@ -36,7 +36,6 @@ _SEGMENT_NAME: Final = re.compile(r"^log-(\d{6,})\.seg$")
 # The smallest frame that can hold a record: a header and an index with an empty payload.
 _record_frame_bytes_min: Final = constants.frame_header_bytes + _INDEX.size
 # Bytes scanned at a time when looking for a valid record after a bad frame (bounds memory).
-_scan_window_bytes: Final = 4 * 1024 * 1024
 _index_max: Final = 2**64 - 1
 
 
@@ -624,7 +623,10 @@ def _find_record_after(buffer: bytes, bad_offset: int, last_good: int | None) ->
         index_high = min(_index_max, last_good + 1 + remaining // _record_frame_bytes_min)
     start = bad_offset + 1
     while start <= len(buffer) - _record_frame_bytes_min:
-        stop = min(start + _scan_window_bytes, len(buffer) - _record_frame_bytes_min + 1)
+        stop = min(
+            start + constants.log_recovery_scan_window_bytes,
+            len(buffer) - _record_frame_bytes_min + 1,
+        )
         for candidate in _candidates(buffer, start, stop, index_low, index_high):
             read = codec.read_frame(buffer, candidate)
             if _bad_frame_reason(read) is None:

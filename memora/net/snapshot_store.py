@@ -21,12 +21,10 @@ from typing import Any, Final
 
 import attrs
 
-from memora.core import codec
+from memora.core import codec, constants
 from memora.net import files
 
 # The newest snapshots kept on disk; the one before the newest is the fallback if it is damaged.
-snapshots_kept: Final = 2
-assert snapshots_kept >= 2
 
 _PART_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 _MANIFEST_NAME: Final = re.compile(r"^snapshot-(\d{6,})\.json$")
@@ -117,7 +115,7 @@ class SnapshotStore:
         """Delete every snapshot older than the newest `snapshots_kept`: manifests first, so that
         no manifest ever lists a file that is gone on purpose. Leftover temporary files go too."""
         numbers = sorted(self._manifest_numbers())
-        oldest_kept = numbers[-snapshots_kept:][0]
+        oldest_kept = numbers[-constants.snapshots_kept :][0]
         metadata = self._absolute("metadata")
         for number in numbers:
             if number < oldest_kept:
