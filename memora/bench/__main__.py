@@ -1,0 +1,88 @@
+"""`python -m memora.bench core [flags]`: run a benchmark and print its table and JSON line.
+
+`--quick` shrinks every size for a run of about a minute; explicit flags still override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from memora.bench.core import Config, run
+
+QUICK: dict[str, Any] = {
+    "vectors": 10_000,
+    "clusters": 20,
+    "queries": 200,
+    "graph_nodes": 10_000,
+    "graph_edges": 50_000,
+    "sources": 300,
+    "inserts": 300,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    summary = __doc__.splitlines()[0]
+    top = argparse.ArgumentParser(prog="python -m memora.bench", description=summary)
+    commands = top.add_subparsers(dest="bench", required=True)
+    core = commands.add_parser("core", help="embedded store vs raw hnswlib and networkx")
+    defaults = Config()
+    flags: list[tuple[str, str]] = [
+        ("vectors", "vectors to index"),
+        ("dimension", "vector dimension"),
+        ("clusters", "Gaussian clusters the vectors are drawn from"),
+        ("queries", "held-out query vectors"),
+        ("graph_nodes", "nodes in the power-law graph"),
+        ("graph_edges", "edges in the power-law graph (about)"),
+        ("seed", "seed of all generated data"),
+        ("rounds", "measurement rounds; each percentile is the median over rounds"),
+        ("sources", "start nodes of the 2-hop graph queries"),
+        ("inserts", "durable single inserts to time"),
+        ("warmup", "untimed operations per system before each measurement"),
+        ("batch_size", "commands per batch call and vectors per add_items call"),
+    ]
+    for name, help_text in flags:
+        default = getattr(defaults, name)
+        core.add_argument(
+            "--" + name.replace("_", "-"), type=int, help=f"{help_text} (default {default})"
+        )
+    core.add_argument("--ef", type=int, nargs="+", help=f"ef values (default {defaults.efs})")
+    core.add_argument("--metric", choices=("cosine", "l2"), help="distance (default cosine)")
+    core.add_argument("--quick", action="store_true", help="small sizes for a quick run")
+    core.add_argument("--json-out", help="also write the result JSON to this path")
+    return top
+
+
+def config_from(arguments: argparse.Namespace) -> Config:
+    values: dict[str, Any] = dict(QUICK) if arguments.quick else {}
+    for field in Config.__attrs_attrs__:
+        given = getattr(arguments, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    if arguments.ef is not None:
+        values["efs"] = tuple(arguments.ef)
+    return Config(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    assert arguments.bench == "core", arguments.bench
+    config = config_from(arguments)
+    try:
+        config.check()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = run(config, sys.stdout, sys.stderr)
+    if arguments.json_out:
+        with open(arguments.json_out, "w") as file:
+            json.dump(result, file, indent=2, sort_keys=True)
+            file.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
