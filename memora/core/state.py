@@ -107,12 +107,24 @@ class StateMachine:
         return result
 
     def state_hash(self) -> str:
-        counters = [
+        """The digest replicas compare: the logical content at this applied index."""
+        header = encode_canonical([self.applied_index, self.records_digest, self._counters()])
+        return hashlib.sha256(header).hexdigest()
+
+    def content_hash(self) -> str:
+        """The digest of the records and id counters alone, without the applied index.
+
+        A rejected command advances the applied index (so `state_hash` changes) but leaves this
+        unchanged, which is how tests check that a rejection left no trace.
+        """
+        header = encode_canonical([self.records_digest, self._counters()])
+        return hashlib.sha256(header).hexdigest()
+
+    def _counters(self) -> list[tuple[str, int, int, int]]:
+        return [
             (name, ns.next_node_id, ns.next_edge_id, ns.next_observation_id)
             for name, ns in sorted(self.namespaces.items())
         ]
-        header = encode_canonical([self.applied_index, self.records_digest, counters])
-        return hashlib.sha256(header).hexdigest()
 
     def namespace(self, name: str) -> NamespaceState:
         """The namespace called `name`, or a NotFoundError."""
@@ -190,8 +202,10 @@ class StateMachine:
         node_id = ns.next_node_id if command.id is None else validate.record_id(command.id, "id")
         if ns.live_node(node_id) is not None:
             raise ConflictError(f"node {node_id} already exists", "id")
-        name = validate.optional_text(command.name, "name", constants.name_bytes_max)
-        self._check_name_free(ns, name)
+        name = None
+        if command.name is not None:
+            name = validate.text_field(command.name, "name", constants.name_bytes_max)
+            self._check_name_free(ns, name)
         if command.vector is not None:
             validate.vector(command.vector, ns.info.dimension)
         history = ns.nodes.get(node_id)
@@ -219,6 +233,8 @@ class StateMachine:
                 raise ValidationError(
                     f"clear accepts only {', '.join(CLEARABLE_NODE_FIELDS)}", "clear"
                 )
+            if getattr(command, field) is not None:
+                raise ValidationError(f"{field} is both set and cleared", "clear")
         changes: dict[str, Any] = {f: None for f in command.clear}
         if command.label is not None:
             changes["label"] = validate.text_field(

@@ -26,12 +26,20 @@ def text_field(value: object, field: str, bytes_max: int, *, empty_ok: bool = Fa
         raise ValidationError(f"{field} must be a string", field)
     if not value and not empty_ok:
         raise ValidationError(f"{field} must not be empty", field)
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    size = len(_utf8(value, field))
     if size > bytes_max:
         raise LimitError(f"{field} is {size} bytes; the limit is {bytes_max}", field)
     if "\x00" in value:
         raise ValidationError(f"{field} must not contain NUL characters", field)
     return value
+
+
+def _utf8(value: str, field: str) -> bytes:
+    """The UTF-8 bytes of a string; a lone surrogate cannot be encoded (or stored) at all."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} is not valid Unicode (a lone surrogate)", field) from None
 
 
 def optional_text(value: object, field: str, bytes_max: int) -> str | None:
@@ -140,7 +148,10 @@ def properties(value: object) -> dict[str, Any]:
 def _property_value(value: object, field: str, depth: int) -> None:
     if depth > constants.property_depth_max:
         raise LimitError(f"{field} nests deeper than {constants.property_depth_max}", field)
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _utf8(value, field)
         return
     if isinstance(value, int):
         if not constants.int_property_min <= value <= constants.int_property_max:
