@@ -35,7 +35,8 @@ RecordT = TypeVar("RecordT", Node, Edge, Observation)
 # (index, key, vector or None for a removal, log index of the entry)
 VectorChange = tuple[VectorIndex, int, "FloatArray | None", int]
 EdgeKey = tuple[int, int, str]  # (source, target, kind)
-Adjacency = dict[int, dict[int, tuple[str, int]]]  # node -> edge id -> (kind, other end)
+# node -> edge id -> (kind, other end). Reads must not depend on the order of the inner maps.
+Adjacency = dict[int, dict[int, tuple[str, int]]]
 
 
 @attrs.define
@@ -116,9 +117,10 @@ class NamespaceState:
     ) -> None:
         """Take record histories from a snapshot and rebuild the derived indexes from them.
 
-        The tables keep log order (a dict's order is that of each record's first version), so
-        adjacency and "ever" lists come out in the same order as on a replica that applied every
-        entry, and reads return the same order on both.
+        The tables keep log order (a dict's order is that of each record's first version), so the
+        "ever" lists come out in creation order, as on a replica that applied every entry. The
+        live adjacency maps may be ordered differently from that replica's (undoing an unlink
+        re-inserts at the end), which is why reads never depend on their order.
         """
         assert not self.nodes and not self.edges and not self.observations
         self.nodes, self.edges, self.observations = nodes, edges, observations

@@ -5,8 +5,10 @@ Every read takes an optional `as_of` commit index. Without it, reads use the liv
 each record that was current at that index; vector reads in the past are exact (brute force over
 the vectors that were live then), since the ANN indexes only know the present.
 
-Orders are deterministic: BFS visits edges in log order, hits are sorted by (distance, id), lists
-by id. Nothing here changes state.
+Orders are deterministic and depend only on the records, never on how an index was built (a
+replica restored from a snapshot and one whose batch was rolled back hold their adjacency maps in
+different orders): BFS visits each node's edges by edge id, hits are sorted by (distance, id),
+lists by id. Nothing here changes state.
 """
 
 from __future__ import annotations
@@ -201,12 +203,11 @@ def _neighbour_function(
         maps.append(ns.in_live)
 
     def live_neighbours(node_id: int) -> Iterator[int]:
-        for adjacency in maps:
-            edges = adjacency.get(node_id)
-            if edges:
-                for kind, other in edges.values():
-                    if kinds is None or kind in kinds:
-                        yield other
+        edges = [item for adjacency in maps for item in adjacency.get(node_id, {}).items()]
+        edges.sort(key=lambda item: item[0])  # By edge id; a self-loop may come twice.
+        for _, (kind, other) in edges:
+            if kinds is None or kind in kinds:
+                yield other
 
     return live_neighbours
 
@@ -225,7 +226,7 @@ def _edges_touching(
     direction: Direction,
     as_of: int | None,
 ) -> Iterator[Edge]:
-    for edge_id in ns.edges_ever.get(node_id, ()):
+    for edge_id in sorted(ns.edges_ever.get(node_id, ())):
         edge = get_edge(ns, edge_id, as_of)
         if edge is None or (kinds is not None and edge.kind not in kinds):
             continue
@@ -244,8 +245,7 @@ def edges_of(
 ) -> list[Edge]:
     """Edges that touch `node_id`, by edge id."""
     require_node(ns, node_id, as_of, "node_id")
-    found = _edges_touching(ns, node_id, kinds, _check_direction(direction), as_of)
-    return sorted(found, key=lambda edge: edge.id)
+    return list(_edges_touching(ns, node_id, kinds, _check_direction(direction), as_of))
 
 
 def observations_of(
