@@ -58,6 +58,7 @@ def test_tiny_run_reports_every_metric(tmp_path: Path) -> None:
         assert related["mean_reached"] > 0
     assert metrics["graph_load"]["memora_commands_per_s"] > 0
     check_latency(metrics["insert_node"])
+    check_latency(metrics["insert_node"]["fsync_floor"])
     assert metrics["insert_node"]["operations"] == 40
     memory = metrics["memory"]
     assert memory["memora_vector_index_bytes"] > 0 and memory["hnswlib_index_bytes"] > 0
