@@ -65,6 +65,20 @@ def version_digest(record: object) -> int:
     return int.from_bytes(hashlib.sha256(encode_canonical(record)).digest(), "big")
 
 
+def _new_id(next_id: int, explicit: object) -> int:
+    """The id of a new record: the explicit one (checked), else the next free one, if any is left.
+
+    An explicit id near `record_id_max` pushes the counter to the end of the range, so running out
+    is bad input to refuse, not an invariant to assert.
+    """
+    assert next_id >= constants.record_id_min
+    if explicit is not None:
+        return validate.record_id(explicit, "id")
+    if next_id > constants.record_id_max:
+        raise LimitError(f"no ids are left after {constants.record_id_max}; pass an id", "id")
+    return next_id
+
+
 @attrs.define
 class _Context:
     """What every command of one entry shares."""
@@ -199,7 +213,7 @@ class StateMachine:
 
     def _insert_node(self, context: _Context, command: InsertNode) -> Node:
         ns = self.namespace(context.namespace)
-        node_id = ns.next_node_id if command.id is None else validate.record_id(command.id, "id")
+        node_id = _new_id(ns.next_node_id, command.id)
         if ns.live_node(node_id) is not None:
             raise ConflictError(f"node {node_id} already exists", "id")
         name = None
@@ -306,7 +320,7 @@ class StateMachine:
             raise ConflictError(
                 f"edge {existing} already links {source.id} to {target.id} as {kind!r}", "kind"
             )
-        edge_id = ns.next_edge_id if command.id is None else validate.record_id(command.id, "id")
+        edge_id = _new_id(ns.next_edge_id, command.id)
         if edge_id in ns.edges:
             raise ConflictError(f"edge id {edge_id} is already used", "id")
         edge = Edge(
@@ -362,9 +376,7 @@ class StateMachine:
     def _add_observation(self, context: _Context, command: AddObservation) -> Observation:
         ns = self.namespace(context.namespace)
         node = self._require_node(ns, command.node_id, "node_id")
-        observation_id = (
-            ns.next_observation_id if command.id is None else validate.record_id(command.id, "id")
-        )
+        observation_id = _new_id(ns.next_observation_id, command.id)
         if observation_id in ns.observations:
             raise ConflictError(f"observation id {observation_id} is already used", "id")
         if command.vector is not None:
