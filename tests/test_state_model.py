@@ -130,6 +130,14 @@ def check_id(value: object, field: str) -> int:
     return value
 
 
+def new_id(next_id: int, explicit: int | None) -> int:
+    if explicit is not None:
+        return check_id(explicit, "id")
+    if next_id > constants.record_id_max:
+        raise Rejection(LimitError, "id")
+    return next_id
+
+
 def check_vector(data: bytes, dimension: int) -> bytes:
     if len(data) % 4:
         raise Rejection(ValidationError, "vector")
@@ -311,7 +319,7 @@ class Model:
                 "created": stamp}  # fmt: skip
 
     def insert_node(self, ns: NamespaceModel, stamp: Stamp, command: InsertNode) -> Version:
-        node_id = ns.next_node_id if command.id is None else check_id(command.id, "id")
+        node_id = new_id(ns.next_node_id, command.id)
         if live(ns.nodes, node_id) is not None:
             raise Rejection(ConflictError, "id")
         if command.name is not None:
@@ -399,7 +407,7 @@ class Model:
         for edge in ns.live_edges():
             if (edge["source"], edge["target"], edge["kind"]) == (source["id"], target["id"], kind):
                 raise Rejection(ConflictError, "kind")
-        edge_id = ns.next_edge_id if command.id is None else check_id(command.id, "id")
+        edge_id = new_id(ns.next_edge_id, command.id)
         if edge_id in ns.edges:
             raise Rejection(ConflictError, "id")
         edge = {
@@ -444,9 +452,7 @@ class Model:
 
     def add_observation(self, ns: NamespaceModel, stamp: Stamp, command: AddObservation) -> Version:
         node = ns.require_node(command.node_id, "node_id")
-        observation_id = (
-            ns.next_observation_id if command.id is None else check_id(command.id, "id")
-        )
+        observation_id = new_id(ns.next_observation_id, command.id)
         if observation_id in ns.observations:
             raise Rejection(ConflictError, "id")
         if command.vector is not None:
@@ -648,7 +654,11 @@ class Draw:
         return self.pick(self.ns.observations, self.ns.next_observation_id)
 
     def explicit_id(self, table: Table, next_id: int) -> int | None:
-        if self(st.integers(0, 3)) > 0:
+        """Mostly None (the next free id); sometimes a known, fresh or last possible id."""
+        choice = self(st.integers(0, 15))
+        if choice == 0:
+            return constants.record_id_max  # After it, no automatic id is left.
+        if choice > 4:
             return None
         return self.pick(table, next_id, extra=4)
 
