@@ -657,6 +657,8 @@ def test_query_errors_name_their_field() -> None:
         (lambda: queries.related(ns, 1, direction="sideways"), ValidationError, "direction"),
         (lambda: queries.related(ns, 1, limit=0), ValidationError, "limit"),
         (lambda: queries.list_nodes(ns, limit=10**6), LimitError, "limit"),
+        (lambda: queries.list_nodes(ns, after_id=-1), ValidationError, "after_id"),
+        (lambda: queries.list_nodes(ns, after_id="x"), ValidationError, "after_id"),
         (lambda: queries.edges_of(ns, 9), NotFoundError, "node_id"),
         (lambda: queries.observations_of(ns, 9), NotFoundError, "node_id"),
         (lambda: queries.hybrid_around_node(ns, 1, 1, 5), ValidationError, "vector"),

@@ -962,8 +962,10 @@ class StateMachineAgainstModel(RuleBasedStateMachine):
             call = lambda: queries.related(ns, start, depth, kinds, direction, as_of)  # noqa: E731
             expect_rejection(call, NotFoundError, "node_id")
             return
-        found = queries.related(ns, start, depth, kinds, direction, as_of)
+        limit = draw(st.sampled_from((constants.related_nodes_max, 1, 2, 3)))
+        found = queries.related(ns, start, depth, kinds, direction, as_of, limit)
         expected = model_related(draw.ns, start, depth, kinds, direction, as_of)
+        expected = dict(list(expected.items())[:limit])
         event(f"related: {min(len(expected), 3)}+ found at depth {depth}")
         assert [(item.node.id, item.depth) for item in found] == list(expected.items())
         for item in found:

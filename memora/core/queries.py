@@ -14,6 +14,8 @@ lists by id. Nothing here changes state.
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -173,22 +175,27 @@ def related_depths(
     _check_count(limit, "limit", 1, constants.related_nodes_max)
     require_node(ns, node_id, as_of, "node_id")
     neighbours = _neighbour_function(ns, kinds, _check_direction(direction), as_of)
-    reached: dict[int, int] = {node_id: 0}
-    frontier = [node_id]
+    # Stop as soon as `limit` nodes are reached, rather than at the end of a (huge) level.
+    return dict(itertools.islice(_breadth_first(node_id, depth, neighbours), limit))
+
+
+def _breadth_first(
+    start: int, depth: int, neighbours: Callable[[int], Iterator[int]]
+) -> Iterator[tuple[int, int]]:
+    """(node, hops) for every node within `depth` hops of `start` (not itself), in BFS order."""
+    reached = {start}  # Only asked for membership, never iterated: order cannot leak from it.
+    frontier = [start]
     for hops in range(1, depth + 1):
         following = []
         for current in frontier:
             for other in neighbours(current):
                 if other not in reached:
-                    reached[other] = hops
+                    reached.add(other)
                     following.append(other)
+                    yield other, hops
+        if not following:
+            return
         frontier = following
-        if not frontier or len(reached) > limit:
-            break
-    del reached[node_id]
-    if len(reached) > limit:
-        reached = dict(list(reached.items())[:limit])
-    return reached
 
 
 def _neighbour_function(
@@ -265,10 +272,12 @@ def list_nodes(
 ) -> list[Node]:
     """A page of nodes ordered by id, optionally of one label, starting after `after_id`."""
     _check_count(limit, "limit", 1, constants.list_limit_max)
-    if as_of is None and label is not None:
-        ids: list[int] = ns.labels.get(label, [])
-        start = bisect.bisect_right(ids, after_id)
-        return [ns.nodes[node_id][-1] for node_id in ids[start : start + limit]]
+    _check_count(after_id, "after_id", 0, constants.record_id_max)
+    if as_of is None:
+        # Live nodes are exactly those in the sorted per-label lists: merge them from `after_id`.
+        lists = list(ns.labels.values()) if label is None else [ns.labels.get(label, [])]
+        merged = heapq.merge(*(_ids_after(ids, after_id) for ids in lists))
+        return [ns.nodes[node_id][-1] for node_id in itertools.islice(merged, limit)]
     page = []
     for node_id in sorted(ns.nodes):
         if node_id <= after_id:
@@ -279,6 +288,11 @@ def list_nodes(
             if len(page) == limit:
                 break
     return page
+
+
+def _ids_after(ids: list[int], after_id: int) -> Iterator[int]:
+    start = bisect.bisect_right(ids, after_id)
+    return (ids[position] for position in range(start, len(ids)))
 
 
 # -- Vectors --------------------------------------------------------------------------------------
