@@ -574,6 +574,9 @@ REFUSED: list[tuple[SimpleCommand, type[MemoraError], str]] = [
     (InsertNode("A", provenance=Provenance(confidence=1.5)), ValidationError, "confidence"),
     (InsertNode("A", provenance=Provenance(source="\x00")), ValidationError, "source"),
     (InsertNode("A", provenance=Provenance(None, 1.0, 5, 1)), ValidationError, "valid_to_ms"),
+    (InsertNode("A", provenance=Provenance(None, 1.0, 2**64)), ValidationError, "valid_from_ms"),
+    (InsertNode("A", provenance=Provenance(None, 1.0, 1, "x")), ValidationError, "valid_to_ms"),  # type: ignore[arg-type]
+    (InsertNode("A", provenance=Provenance(None, float("nan"))), ValidationError, "confidence"),
     (UpdateNode(9), NotFoundError, "id"),
     (UpdateNode(1, clear=("label",)), ValidationError, "clear"),
     (UpdateNode(1, name="bob", clear=("name",)), ValidationError, "clear"),

@@ -116,6 +116,11 @@ def provenance(value: object) -> Provenance:
         bound = getattr(value, field)
         if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)):
             raise ValidationError(f"{field} must be an integer (ms since the epoch)", field)
+        if (
+            bound is not None
+            and not constants.int_property_min <= bound <= constants.int_property_max
+        ):
+            raise ValidationError(f"{field} does not fit in 64 bits", field)
     if (
         value.valid_from_ms is not None
         and value.valid_to_ms is not None
