@@ -737,3 +737,34 @@ def test_snapshots_with_parts_that_disagree_are_refused() -> None:
     with pytest.raises(CodecError):
         snapshot.restore({name: data for name, data in parts.items() if name != "edges"})
     assert snapshot.restore(parts).state_hash() == first.machine.state_hash()
+
+
+def test_many_vector_changes_to_one_key_in_one_batch_leave_the_last() -> None:
+    store = Store()
+    store.ok(
+        Batch(
+            [
+                InsertNode("A", id=1, vector=vector(1)),
+                SetVector(1, vector(0, 1)),
+                UpdateNode(1, vector=vector(0, 0, 1)),
+                InsertNode("A", id=2, vector=vector(1)),
+                DeleteNode(2),
+                InsertNode("B", id=2, vector=vector(0, 0, 0, 1)),
+                UpdateNode(2, clear=("vector",)),
+                SetVector(2, vector(0, 0, 0, 0, 1)),
+                AddObservation(1, "o", id=1, vector=vector(1)),
+                DeleteObservation(1),
+            ]
+        )
+    )
+    index = store.ns.node_vectors
+    assert len(index) == 2 and len(store.ns.observation_vectors) == 0
+    assert index.vector_of(1).tobytes() == vector(0, 0, 1)  # type: ignore[union-attr]
+    assert index.vector_of(2).tobytes() == vector(0, 0, 0, 0, 1)  # type: ignore[union-attr]
+    query = np.frombuffer(vector(0, 0, 1), dtype=np.float32)
+    hits = queries.similar(store.ns, query, 5)
+    assert [(hit.node.id, round(hit.distance, 6)) for hit in hits] == [(1, 0.0), (2, 1.0)]
+    restored = snapshot.restore(snapshot.take(store.machine))
+    assert restored.state_hash() == store.machine.state_hash()
+    again = queries.similar(restored.namespace("main"), query, 5)
+    assert [(hit.node.id, hit.distance) for hit in again] == [(h.node.id, h.distance) for h in hits]
