@@ -77,3 +77,59 @@ assert top_k_max <= hnsw_ef_search_max
 assert frame_body_bytes_max < 2**32
 assert entry_bytes_max < frame_body_bytes_max
 assert snapshots_kept >= 2
+
+# ---------------------------------------------------------------------------------------------
+# Raft (memora/core/raft). Time is counted in ticks; the driver ticks every `raft_tick_ms`.
+raft_tick_ms: Final = 10
+# The election timeout is drawn afresh in [min, max] from the seeded PRNG: 150-300 ms of ticks.
+election_timeout_ticks_min: Final = 15
+election_timeout_ticks_max: Final = 30
+heartbeat_interval_ticks: Final = 3
+# How many ticks a lease read gives up against clock drift between leader and followers.
+lease_drift_ticks: Final = 3
+# Node ids are positive and fit a signed 64-bit integer; 0 is never an id.
+raft_node_id_min: Final = 1
+raft_node_id_max: Final = 2**63 - 1
+raft_members_max: Final = 64
+# Every term and index fits an unsigned 64-bit integer.
+raft_term_max: Final = 2**64 - 1
+raft_index_max: Final = 2**64 - 1
+# Bytes counted for an entry besides its data, for batching and flow control.
+raft_entry_overhead_bytes: Final = 32
+# One AppendRequest carries entries up to this many bytes (at least one entry, whatever its size).
+raft_append_bytes_max: Final = 1024 * 1024
+raft_append_entries_max: Final = 4096
+# Flow control of a follower in the replicate state: messages and bytes sent but not acknowledged.
+raft_inflight_messages_max: Final = 256
+raft_inflight_bytes_max: Final = 64 * 1024 * 1024
+# A leader refuses new proposals while this many bytes of its own entries are uncommitted.
+raft_uncommitted_bytes_max: Final = 256 * 1024 * 1024
+# One Ready hands over committed entries up to this many bytes (at least one entry).
+raft_ready_committed_bytes_max: Final = 16 * 1024 * 1024
+# InstallSnapshot is sent in chunks of this size, one at a time, and assembled by the follower.
+raft_snapshot_chunk_bytes: Final = 1024 * 1024
+raft_snapshot_bytes_max: Final = 16 * 1024 * 1024 * 1024
+# A chunk with no acknowledgment after this many heartbeat responses is sent again.
+raft_snapshot_retry_heartbeats: Final = 2
+# Reads waiting for confirmation of leadership, on one leader.
+raft_pending_reads_max: Final = 65_536
+# Rejection sampling in the PRNG: the odds of needing more rounds are below 2**-128.
+prng_rejection_rounds_max: Final = 128
+
+assert raft_tick_ms > 0
+assert 0 < heartbeat_interval_ticks < election_timeout_ticks_min <= election_timeout_ticks_max
+assert 0 <= lease_drift_ticks < election_timeout_ticks_min
+assert election_timeout_ticks_min * raft_tick_ms == 150
+assert election_timeout_ticks_max * raft_tick_ms == 300
+assert 0 < raft_node_id_min <= raft_node_id_max
+assert raft_members_max >= 1
+assert 0 < raft_append_bytes_max <= raft_inflight_bytes_max
+assert raft_append_entries_max > 0
+assert raft_inflight_messages_max > 0
+assert raft_append_bytes_max <= frame_body_bytes_max
+assert raft_uncommitted_bytes_max >= entry_bytes_max
+assert raft_ready_committed_bytes_max > 0
+assert 0 < raft_snapshot_chunk_bytes <= frame_body_bytes_max - 1024
+assert raft_snapshot_chunk_bytes <= raft_snapshot_bytes_max
+assert raft_snapshot_retry_heartbeats >= 1
+assert raft_pending_reads_max > 0
