@@ -40,12 +40,13 @@ def test_the_seed_api_round_trip(tmp_path: Path) -> None:
         store.insert_edge(1, 100, "owns")
         store.insert_vector(100, unit(100))
         assert store.get_node(100) is not None
-        assert [(r.node.id, r.depth) for r in store.query_related(1, 2)] == [(100, 1)]
+        assert [(node.id, hops) for node, hops in store.query_related(1, 2)] == [(100, 1)]
         hits = store.query_similar(unit(100), top_k=1)
-        assert hits[0].node.id == 100 and hits[0].distance == pytest.approx(0.0, abs=1e-6)
-        assert [h.node.id for h in store.query_hybrid(1, depth=1, top_k=5)] == [100]
-        by_vector = store.query_hybrid(vector=unit(1), depth=1, top_k=1)
-        assert by_vector[0].hit.node.id == 1 and by_vector[0].neighbours[0].node.id == 100
+        node, distance = hits[0]
+        assert node.id == 100 and distance == pytest.approx(0.0, abs=1e-6)
+        assert [node.id for node, _ in store.query_hybrid(1, depth=1, top_k=5)] == [100]
+        by_vector = store.query_hybrid_by_vector(unit(1), top_k=1, depth=1)
+        assert by_vector[0].node.id == 1 and by_vector[0].neighbours[0][0].id == 100
 
 
 def test_everything_acknowledged_survives_reopen(tmp_path: Path) -> None:
@@ -53,10 +54,10 @@ def test_everything_acknowledged_survives_reopen(tmp_path: Path) -> None:
         populate(store)
         store.delete_node(5)
         expected_hash = store.state_hash()
-        expected_related = [(r.node.id, r.depth) for r in store.query_related(10, 3)]
+        expected_related = [(node.id, hops) for node, hops in store.query_related(10, 3)]
     with Memora.open(tmp_path, dimension=8) as reopened:
         assert reopened.state_hash() == expected_hash
-        assert [(r.node.id, r.depth) for r in reopened.query_related(10, 3)] == expected_related
+        assert [(node.id, hops) for node, hops in reopened.query_related(10, 3)] == expected_related
         assert reopened.get_node(5) is None
         assert reopened.get_node(5, as_of=5) is None  # Index 1 created the namespace.
         assert reopened.get_node(5, as_of=6) is not None
@@ -70,11 +71,11 @@ def test_snapshot_then_more_writes_then_reopen(tmp_path: Path) -> None:
         store.insert_node("Item", id=99, vector=unit(99))
         store.insert_edge(20, 99, "links")
         expected = store.state_hash()
-        expected_hits = [(h.node.id, h.distance) for h in store.query_similar(unit(3), 5)]
+        expected_hits = [(node.id, distance) for node, distance in store.query_similar(unit(3), 5)]
     with Memora.open(tmp_path, dimension=8) as reopened:
         assert reopened.state_hash() == expected
         assert [
-            (h.node.id, h.distance) for h in reopened.query_similar(unit(3), 5)
+            (node.id, distance) for node, distance in reopened.query_similar(unit(3), 5)
         ] == expected_hits
 
 

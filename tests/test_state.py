@@ -201,10 +201,10 @@ def ann_answers(machine: StateMachine, seed: int) -> list[Any]:
             ef = (10, None, 200)[position % 3]
             for exact in (False, True):
                 hits = queries.similar(ns, query, 10, label=label, exact=exact, ef=ef)
-                found.append([(hit.node.id, hit.distance) for hit in hits])
+                found.append([(node.id, distance) for node, distance in hits])
             hybrid = queries.hybrid_from_vector(ns, query, 3, 2)
             found.append(
-                [[item.hit.node.id, [n.node.id for n in item.neighbours]] for item in hybrid]
+                [[item.node.id, [node.id for node, _ in item.neighbours]] for item in hybrid]
             )
     return found
 
@@ -217,7 +217,7 @@ def approximate_somewhere(machine: StateMachine) -> bool:
         query = rng.standard_normal(ns.info.dimension).astype(np.float32)
         approximate = queries.similar(ns, query, 10, ef=10)
         exact = queries.similar(ns, query, 10, exact=True)
-        if [hit.node.id for hit in approximate] != [hit.node.id for hit in exact]:
+        if [node.id for node, _ in approximate] != [node.id for node, _ in exact]:
             return True
     return False
 
@@ -385,8 +385,8 @@ def ann_answers_main(store: Store) -> list[Any]:
     hits = queries.similar(ns, query, 10)
     related = [queries.related(ns, node, 2) for node in sorted(ns.nodes) if ns.live_node(node)]
     return [
-        [(hit.node.id, hit.distance) for hit in hits],
-        [[(item.node.id, item.depth) for item in found] for found in related],
+        [(node.id, distance) for node, distance in hits],
+        [[(node.id, hops) for node, hops in found] for found in related],
         queries.observations_of(ns, 1) if ns.live_node(1) else None,
     ]
 
@@ -401,10 +401,12 @@ def test_rollback_of_a_cascade_does_not_change_read_order_against_a_restored_rep
     restored = snapshot.restore(snapshot.take(store.machine))
     for machine in (store.machine, restored):
         ns = machine.namespace("main")
-        assert [item.node.id for item in queries.related(ns, 1)] == list(range(2, 9))
-        assert [item.node.id for item in queries.related(ns, 1, limit=3)] == [2, 3, 4]
+        # Outgoing edges by id (to 3, 5, 7), then incoming ones by id (from 2, 4, 6, 8).
+        expected = [3, 5, 7, 2, 4, 6, 8]
+        assert [node.id for node, _ in queries.related(ns, 1)] == expected
+        assert [node.id for node, _ in queries.related(ns, 1, limit=3)] == expected[:3]
         as_of = queries.related(ns, 1, as_of=machine.applied_index)
-        assert [item.node.id for item in as_of] == list(range(2, 9))
+        assert [node.id for node, _ in as_of] == expected
 
 
 # =================================================================================================
@@ -435,10 +437,10 @@ def test_versions_tombstones_and_reads_as_of() -> None:
     assert queries.edges_of(ns, 2, as_of=index_before_delete) == [edge]
     assert queries.observations_of(ns, 1, as_of=index_before_delete) == [observation]
     related = queries.related(ns, 2, as_of=index_before_delete)
-    assert [(item.node, item.depth) for item in related] == [(updated, 1)]
+    assert [(node, hops) for node, hops in related] == [(updated, 1)]
     past = queries.similar(ns, np.ones(DIMENSION, np.float32), 5, as_of=index_before_delete)
-    assert [hit.node.id for hit in past] == [1, 2] or [hit.node.id for hit in past] == [2, 1]
-    assert [hit.node.id for hit in queries.similar(ns, np.ones(DIMENSION, np.float32), 5)] == [2]
+    assert [node.id for node, _ in past] == [1, 2] or [node.id for node, _ in past] == [2, 1]
+    assert [node.id for node, _ in queries.similar(ns, np.ones(DIMENSION, np.float32), 5)] == [2]
     assert [node.id for node in queries.list_nodes(ns, as_of=index_before_delete)] == [1, 2]
     assert [node.id for node in queries.list_nodes(ns)] == [2]
     # A deleted node's name is free again, and its id may be used again: history goes on.
@@ -763,8 +765,10 @@ def test_many_vector_changes_to_one_key_in_one_batch_leave_the_last() -> None:
     assert index.vector_of(2).tobytes() == vector(0, 0, 0, 0, 1)  # type: ignore[union-attr]
     query = np.frombuffer(vector(0, 0, 1), dtype=np.float32)
     hits = queries.similar(store.ns, query, 5)
-    assert [(hit.node.id, round(hit.distance, 6)) for hit in hits] == [(1, 0.0), (2, 1.0)]
+    assert [(node.id, round(distance, 6)) for node, distance in hits] == [(1, 0.0), (2, 1.0)]
     restored = snapshot.restore(snapshot.take(store.machine))
     assert restored.state_hash() == store.machine.state_hash()
     again = queries.similar(restored.namespace("main"), query, 5)
-    assert [(hit.node.id, hit.distance) for hit in again] == [(h.node.id, h.distance) for h in hits]
+    assert [(node.id, distance) for node, distance in again] == [
+        (node.id, distance) for node, distance in hits
+    ]

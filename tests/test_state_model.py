@@ -508,20 +508,23 @@ def model_related(
     direction: str,
     as_of: int | None,
 ) -> dict[int, int]:
-    """node id -> hops in BFS order: frontier in order, each node's edges by edge id."""
-    edges = [e for e in ns.live_edges(as_of) if kinds is None or e["kind"] in kinds]
+    """node id -> hops in BFS order: frontier in order; for each node its outgoing edges by
+    edge id, then its incoming edges by edge id."""
+    edges = sorted(
+        (e for e in ns.live_edges(as_of) if kinds is None or e["kind"] in kinds),
+        key=lambda e: e["id"],
+    )
     reached = {start: 0}
     frontier = [start]
     for hops in range(1, depth + 1):
         following = []
         for current in frontier:
-            for edge in edges:
-                if direction != "in" and edge["source"] == current:
-                    other = edge["target"]
-                elif direction != "out" and edge["target"] == current:
-                    other = edge["source"]
-                else:
-                    continue
+            outgoing = [e["target"] for e in edges if e["source"] == current]
+            incoming = [e["source"] for e in edges if e["target"] == current]
+            neighbours = (outgoing if direction != "in" else []) + (
+                incoming if direction != "out" else []
+            )
+            for other in neighbours:
                 if other not in reached:
                     reached[other] = hops
                     following.append(other)
@@ -967,9 +970,9 @@ class StateMachineAgainstModel(RuleBasedStateMachine):
         expected = model_related(draw.ns, start, depth, kinds, direction, as_of)
         expected = dict(list(expected.items())[:limit])
         event(f"related: {min(len(expected), 3)}+ found at depth {depth}")
-        assert [(item.node.id, item.depth) for item in found] == list(expected.items())
-        for item in found:
-            assert as_fields(item.node) == at(draw.ns.nodes, item.node.id, as_of)
+        assert [(node.id, hops) for node, hops in found] == list(expected.items())
+        for node, _ in found:
+            assert as_fields(node) == at(draw.ns.nodes, node.id, as_of)
 
     @rule(data=st.data(), top_k=st.integers(1, 6), exact=st.booleans())
     def similar_to_vector(self, data: st.DataObject, top_k: int, exact: bool) -> None:
@@ -984,9 +987,9 @@ class StateMachineAgainstModel(RuleBasedStateMachine):
         ]
         expected = model_distances(draw.ns, candidates, query)
         event(f"similar: {min(len(expected), 3)}+ candidates")
-        check_ranked([(hit.node.id, hit.distance) for hit in hits], expected, top_k)
-        for hit in hits:
-            assert as_fields(hit.node) == at(draw.ns.nodes, hit.node.id, as_of)
+        check_ranked([(node.id, distance) for node, distance in hits], expected, top_k)
+        for node, _ in hits:
+            assert as_fields(node) == at(draw.ns.nodes, node.id, as_of)
 
     @rule(data=st.data(), top_k=st.integers(1, 6))
     def similar_to_node(self, data: st.DataObject, top_k: int) -> None:
@@ -1017,7 +1020,7 @@ class StateMachineAgainstModel(RuleBasedStateMachine):
             if other["id"] != node_id and (label is None or other["label"] == label)
         ]
         expected = model_distances(draw.ns, candidates, query)
-        check_ranked([(hit.node.id, hit.distance) for hit in hits], expected, top_k)
+        check_ranked([(node.id, distance) for node, distance in hits], expected, top_k)
 
     @rule(
         data=st.data(),
@@ -1058,7 +1061,7 @@ class StateMachineAgainstModel(RuleBasedStateMachine):
         reached = model_related(draw.ns, node_id, depth, kinds, direction, as_of)
         neighbours = [at(draw.ns.nodes, other, as_of) for other in reached]
         expected = model_distances(draw.ns, [n for n in neighbours if n], reference)
-        check_ranked([(hit.node.id, hit.distance) for hit in call()], expected, top_k)
+        check_ranked([(node.id, distance) for node, distance in call()], expected, top_k)
 
     @rule(
         data=st.data(),
@@ -1085,10 +1088,10 @@ class StateMachineAgainstModel(RuleBasedStateMachine):
         )
         candidates = [n for n in draw.ns.live_nodes(as_of) if label is None or n["label"] == label]
         expected = model_distances(draw.ns, candidates, query)
-        check_ranked([(item.hit.node.id, item.hit.distance) for item in found], expected, top_k)
+        check_ranked([(item.node.id, item.distance) for item in found], expected, top_k)
         for item in found:
-            reached = model_related(draw.ns, item.hit.node.id, depth, kinds, direction, as_of)
-            assert [(n.node.id, n.depth) for n in item.neighbours] == list(reached.items())
+            reached = model_related(draw.ns, item.node.id, depth, kinds, direction, as_of)
+            assert [(node.id, hops) for node, hops in item.neighbours] == list(reached.items())
 
     @rule(data=st.data(), kinds=kind_filters, direction=directions)
     def edges_of(self, data: st.DataObject, kinds: frozenset[str] | None, direction: Any) -> None:
@@ -1199,9 +1202,9 @@ def answers(machine: StateMachine, namespace: str, query: np.ndarray) -> list[An
     ]
     for exact in (False, True):
         hits = queries.similar(ns, query, 5, exact=exact)
-        found.append([(hit.node.id, hit.distance) for hit in hits])
+        found.append([(node.id, distance) for node, distance in hits])
     for node in nodes:
-        found.append([(n.node.id, n.depth) for n in queries.related(ns, node.id, 2)])
+        found.append([(node.id, hops) for node, hops in queries.related(ns, node.id, 2)])
         found.append([as_fields(edge) for edge in queries.edges_of(ns, node.id)])
         found.append([as_fields(item) for item in queries.observations_of(ns, node.id)])
     return found

@@ -387,7 +387,7 @@ def similar_metrics(
 
     def inspect(name: str, item_number: int, result: Any) -> None:
         if name == "memora":
-            found[name].append([row_of_id[hit.node.id] for hit in result])
+            found[name].append([row_of_id[node.id] for node, _ in result])
         else:
             found[name].append([int(label) for label in result[0][0]])
 
@@ -561,7 +561,7 @@ def related_metrics(
 
     def inspect(name: str, item_number: int, result: Any) -> None:
         if name == "memora":
-            rows = [row_of_id[related.node.id] for related in result]
+            rows = [row_of_id[node.id] for node, _ in result]
             answers[name].append((len(rows), sum(rows)))
         else:
             source = sources[item_number]

@@ -14,6 +14,7 @@ Tag numbers are part of the disk format: never renumber one, only add.
 from __future__ import annotations
 
 import enum
+import operator
 import struct
 import zlib
 from typing import Any, Final
@@ -73,12 +74,27 @@ _FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
 }
 
 
+# Per class, its tag and a C-level getter of all its fields as a tuple (CBOR encodes it as an
+# array): encoding runs for every record written and every version digested, so it stays lean.
+def _fields_getter(names: tuple[str, ...]) -> Any:
+    assert names
+    if len(names) == 1:  # attrgetter of one name returns the value, not a 1-tuple.
+        (name,) = names
+        return lambda value: (getattr(value, name),)
+    return operator.attrgetter(*names)
+
+
+_ENCODERS: Final[dict[type, tuple[int, Any]]] = {
+    cls: (tag, _fields_getter(_FIELD_NAMES[cls])) for tag, cls in _TAGGED_CLASSES.items()
+}
+
+
 def _encode_default(encoder: cbor2.CBOREncoder, value: Any) -> None:
-    tag = _TAG_OF_CLASS.get(type(value))
-    if tag is None:
+    found = _ENCODERS.get(type(value))
+    if found is None:
         raise CodecError(f"cannot encode a value of type {type(value).__name__}")
-    fields = [getattr(value, name) for name in _FIELD_NAMES[type(value)]]
-    encoder.encode(cbor2.CBORTag(tag, fields))
+    tag, fields = found
+    encoder.encode(cbor2.CBORTag(tag, fields(value)))
 
 
 def _tag_decoder(cls: type) -> Any:

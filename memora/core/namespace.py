@@ -35,8 +35,9 @@ RecordT = TypeVar("RecordT", Node, Edge, Observation)
 # (index, key, vector or None for a removal, log index of the entry)
 VectorChange = tuple[VectorIndex, int, "FloatArray | None", int]
 EdgeKey = tuple[int, int, str]  # (source, target, kind)
-# node -> edge id -> (kind, other end). Reads must not depend on the order of the inner maps.
-Adjacency = dict[int, dict[int, tuple[str, int]]]
+# node -> edge id -> the other end. Each inner map is kept in edge id order (`_insert_sorted`), so
+# a BFS can walk it as it is, and it reads the same on every replica however the map was built.
+Adjacency = dict[int, dict[int, int]]
 
 
 @attrs.define
@@ -81,6 +82,18 @@ def _undo_append(versions: list[RecordT], table: dict[int, list[RecordT]], key: 
         del table[key]
 
 
+def _insert_sorted(edges: dict[int, int], edge_id: int, other: int) -> None:
+    """Insert into a map kept in edge id order. New ids are the largest, so this is an append but
+    for explicit ids and undone deletes, which re-sort the (one node's) map."""
+    assert edge_id not in edges
+    last = next(reversed(edges), 0)
+    edges[edge_id] = other
+    if edge_id < last:
+        ordered = sorted(edges.items())
+        edges.clear()
+        edges.update(ordered)
+
+
 def _pop(items: list[int]) -> None:
     items.pop()
 
@@ -118,9 +131,8 @@ class NamespaceState:
         """Take record histories from a snapshot and rebuild the derived indexes from them.
 
         The tables keep log order (a dict's order is that of each record's first version), so the
-        "ever" lists come out in creation order, as on a replica that applied every entry. The
-        live adjacency maps may be ordered differently from that replica's (undoing an unlink
-        re-inserts at the end), which is why reads never depend on their order.
+        "ever" lists come out in creation order, as on a replica that applied every entry; the
+        adjacency maps are built in edge id order, their invariant everywhere.
         """
         assert not self.nodes and not self.edges and not self.observations
         self.nodes, self.edges, self.observations = nodes, edges, observations
@@ -137,10 +149,12 @@ class NamespaceState:
             self.edges_ever.setdefault(edge.source, []).append(edge_id)
             if edge.target != edge.source:
                 self.edges_ever.setdefault(edge.target, []).append(edge_id)
+        for edge_id in sorted(edges):
+            edge = edges[edge_id][-1]
             if not edge.deleted:
                 self.edge_keys[(edge.source, edge.target, edge.kind)] = edge_id
-                self.out_live.setdefault(edge.source, {})[edge_id] = (edge.kind, edge.target)
-                self.in_live.setdefault(edge.target, {})[edge_id] = (edge.kind, edge.source)
+                self.out_live.setdefault(edge.source, {})[edge_id] = edge.target
+                self.in_live.setdefault(edge.target, {})[edge_id] = edge.source
         for observation_id, observation_versions in observations.items():
             observation = observation_versions[-1]
             self.observations_ever.setdefault(observation.node_id, []).append(observation_id)
@@ -287,8 +301,8 @@ class NamespaceState:
         self.edge_keys[key] = edge.id
         outgoing = self.out_live.setdefault(edge.source, {})
         incoming = self.in_live.setdefault(edge.target, {})
-        outgoing[edge.id] = (edge.kind, edge.target)
-        incoming[edge.id] = (edge.kind, edge.source)
+        _insert_sorted(outgoing, edge.id, edge.target)
+        _insert_sorted(incoming, edge.id, edge.source)
 
         def undo() -> None:
             del self.edge_keys[key]
@@ -306,8 +320,8 @@ class NamespaceState:
 
         def undo() -> None:
             self.edge_keys[key] = edge.id
-            self.out_live[edge.source][edge.id] = (edge.kind, edge.target)
-            self.in_live[edge.target][edge.id] = (edge.kind, edge.source)
+            _insert_sorted(self.out_live[edge.source], edge.id, edge.target)
+            _insert_sorted(self.in_live[edge.target], edge.id, edge.source)
 
         journal.undo.append(undo)
 

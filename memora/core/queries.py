@@ -5,10 +5,10 @@ Every read takes an optional `as_of` commit index. Without it, reads use the liv
 each record that was current at that index; vector reads in the past are exact (brute force over
 the vectors that were live then), since the ANN indexes only know the present.
 
-Orders are deterministic and depend only on the records, never on how an index was built (a
-replica restored from a snapshot and one whose batch was rolled back hold their adjacency maps in
-different orders): BFS visits each node's edges by edge id, hits are sorted by (distance, id),
-lists by id. Nothing here changes state.
+Orders are deterministic and depend only on the records, never on how an index was built: BFS
+visits each node's outgoing edges by edge id, then its incoming ones; hits are sorted by
+(distance, id); lists by id. Results are plain tuples, `(node, hops)` and `(node, distance)`,
+cheap enough to build by the thousand. Nothing here changes state.
 """
 
 from __future__ import annotations
@@ -148,16 +148,18 @@ def related(
     as_of: int | None = None,
     limit: int = constants.related_nodes_max,
 ) -> list[RelatedNode]:
-    """Nodes within `depth` hops of `node_id` (not itself), nearest first, in BFS order."""
+    """(node, hops) for nodes within `depth` hops of `node_id` (not itself), in BFS order."""
     depths = related_depths(ns, node_id, depth, kinds, direction, as_of, limit)
     if as_of is None:
         nodes = ns.nodes
-        return [RelatedNode(nodes[other][-1], hops) for other, hops in depths.items()]
+        # Plain tuples made by zip: this runs once per node reached, and is most of the cost of
+        # a wide BFS when each result is a class instance.
+        return list(zip([nodes[other][-1] for other in depths], depths.values(), strict=True))
     found = []
     for other, hops in depths.items():
         node = get_node(ns, other, as_of)
         assert node is not None, other
-        found.append(RelatedNode(node, hops))
+        found.append((node, hops))
     return found
 
 
@@ -170,13 +172,69 @@ def related_depths(
     as_of: int | None,
     limit: int,
 ) -> dict[int, int]:
-    """BFS from `node_id`: every node reached (not the start) and its hop count, in BFS order."""
+    """BFS from `node_id`: every node reached (not the start) and its hop count, in BFS order.
+
+    Each node's neighbours are visited through its outgoing edges by edge id, then its incoming
+    edges by edge id. The walk stops as soon as `limit` nodes are reached.
+    """
     _check_count(depth, "depth", 1, constants.depth_max)
     _check_count(limit, "limit", 1, constants.related_nodes_max)
     require_node(ns, node_id, as_of, "node_id")
-    neighbours = _neighbour_function(ns, kinds, _check_direction(direction), as_of)
-    # Stop as soon as `limit` nodes are reached, rather than at the end of a (huge) level.
+    direction = _check_direction(direction)
+    if as_of is None:
+        maps = _live_maps(ns, direction)
+        if kinds is None:
+            return _breadth_first_live(maps, node_id, depth, limit)
+        edges = ns.edges
+        neighbours: Callable[[int], Iterator[int]] = lambda current: (  # noqa: E731
+            other
+            for adjacency in maps
+            for edge_id, other in adjacency.get(current, {}).items()
+            if edges[edge_id][-1].kind in kinds
+        )
+    else:
+        neighbours = lambda current: _historical_neighbours(  # noqa: E731
+            ns, current, kinds, direction, as_of
+        )
     return dict(itertools.islice(_breadth_first(node_id, depth, neighbours), limit))
+
+
+def _live_maps(ns: NamespaceState, direction: Direction) -> tuple[Adjacency, ...]:
+    if direction == "out":
+        return (ns.out_live,)
+    if direction == "in":
+        return (ns.in_live,)
+    return (ns.out_live, ns.in_live)
+
+
+def _breadth_first_live(
+    maps: tuple[Adjacency, ...], start: int, depth: int, limit: int
+) -> dict[int, int]:
+    """The hot path of `related_depths` (live, every edge kind), as a plain loop over maps that
+    are already in edge id order."""
+    reached = {start: 0}
+    remaining = limit
+    frontier = [start]
+    for hops in range(1, depth + 1):
+        following: list[int] = []
+        for current in frontier:
+            for adjacency in maps:
+                targets = adjacency.get(current)
+                if not targets:
+                    continue
+                for other in targets.values():
+                    if other not in reached:
+                        reached[other] = hops
+                        following.append(other)
+                        remaining -= 1
+                        if remaining == 0:
+                            del reached[start]
+                            return reached
+        if not following:
+            break
+        frontier = following
+    del reached[start]
+    return reached
 
 
 def _breadth_first(
@@ -198,32 +256,15 @@ def _breadth_first(
         frontier = following
 
 
-def _neighbour_function(
-    ns: NamespaceState, kinds: frozenset[str] | None, direction: Direction, as_of: int | None
-) -> Callable[[int], Iterator[int]]:
-    if as_of is not None:
-        return lambda node_id: _historical_neighbours(ns, node_id, kinds, direction, as_of)
-    maps: list[Adjacency] = []
-    if direction in ("out", "both"):
-        maps.append(ns.out_live)
-    if direction in ("in", "both"):
-        maps.append(ns.in_live)
-
-    def live_neighbours(node_id: int) -> Iterator[int]:
-        edges = [item for adjacency in maps for item in adjacency.get(node_id, {}).items()]
-        edges.sort(key=lambda item: item[0])  # By edge id; a self-loop may come twice.
-        for _, (kind, other) in edges:
-            if kinds is None or kind in kinds:
-                yield other
-
-    return live_neighbours
-
-
 def _historical_neighbours(
     ns: NamespaceState, node_id: int, kinds: frozenset[str] | None, direction: Direction, as_of: int
 ) -> Iterator[int]:
-    for edge in _edges_touching(ns, node_id, kinds, direction, as_of):
-        yield edge.target if edge.source == node_id else edge.source
+    """The neighbours a live walk would have seen at `as_of`: out by edge id, then in."""
+    edges = list(_edges_touching(ns, node_id, kinds, direction, as_of))
+    if direction != "in":
+        yield from (edge.target for edge in edges if edge.source == node_id)
+    if direction != "out":
+        yield from (edge.source for edge in edges if edge.target == node_id)
 
 
 def _edges_touching(
@@ -329,7 +370,7 @@ def similar(
     wanted = top_k + (1 if exclude is not None else 0)
     hits = ns.node_vectors.search(vector, wanted, ef=ef, allowed=allowed, exact=exact)
     nodes = ns.nodes
-    found = [SimilarHit(nodes[key][-1], distance) for key, distance in hits if key != exclude]
+    found = [(nodes[key][-1], distance) for key, distance in hits if key != exclude]
     return found[:top_k]
 
 
@@ -343,7 +384,7 @@ def rank(
     matrix = np.stack([vector_from_bytes(node.vector) for node in with_vectors if node.vector])
     scores = distances(matrix, vector, ns.info.metric)
     order = sorted(range(len(with_vectors)), key=lambda i: (float(scores[i]), with_vectors[i].id))
-    return [SimilarHit(with_vectors[i], float(scores[i])) for i in order[:top_k]]
+    return [(with_vectors[i], float(scores[i])) for i in order[:top_k]]
 
 
 def own_vector(node: Node) -> FloatArray:
@@ -369,7 +410,7 @@ def hybrid_around_node(
     neighbourhood = related(
         ns, node_id, depth, kinds, direction, as_of, constants.hybrid_expand_nodes_max
     )
-    return rank(ns, [item.node for item in neighbourhood], reference, top_k)
+    return rank(ns, [node for node, _ in neighbourhood], reference, top_k)
 
 
 def hybrid_from_vector(
@@ -388,8 +429,9 @@ def hybrid_from_vector(
     per_hit_limit = max(1, constants.hybrid_expand_nodes_max // max(1, len(hits)))
     return [
         HybridHit(
-            hit,
-            tuple(related(ns, hit.node.id, depth, kinds, direction, as_of, per_hit_limit)),
+            node,
+            distance,
+            tuple(related(ns, node.id, depth, kinds, direction, as_of, per_hit_limit)),
         )
-        for hit in hits
+        for node, distance in hits
     ]

@@ -290,21 +290,17 @@ class Rejected:
 Result: TypeAlias = Applied | Rejected
 
 
-@attrs.frozen
-class RelatedNode:
-    node: Node
-    depth: int
+RelatedNode: TypeAlias = tuple[Node, int]
+"""(node, hops): a node reached by a graph walk and its distance in edges."""
 
-
-@attrs.frozen
-class SimilarHit:
-    node: Node
-    distance: float
+SimilarHit: TypeAlias = tuple[Node, float]
+"""(node, distance): a vector hit; smaller is nearer (cosine distance, or squared L2)."""
 
 
 @attrs.frozen
 class HybridHit:
     """A vector hit and the graph neighbourhood reached from it."""
 
-    hit: SimilarHit
+    node: Node
+    distance: float
     neighbours: tuple[RelatedNode, ...]

@@ -133,6 +133,8 @@ def provenance(value: object) -> Provenance:
 def properties(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError("properties must be a map of string keys", "properties")
+    if not value:
+        return value  # The common case, and encoding it to measure its size costs more than all.
     if len(value) > constants.properties_count_max:
         raise LimitError(
             f"properties has {len(value)} keys; the limit is {constants.properties_count_max}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from memora.core.types import Provenance, SimilarHit
+from memora.core.types import Provenance
 from memora.service.embedded import Memora
 from memora.service.embedding import HashingEmbedder
 
@@ -80,25 +80,29 @@ def _query_graph(
     store: Memora, embedder: HashingEmbedder, ids: dict[str, int], out: TextIO
 ) -> None:
     out.write("\nrelated to alice within 2 hops:\n")
-    for item in store.query_related(ids["alice"], depth=2):
-        out.write(f"  depth {item.depth}  {item.node.label:<15} {item.node.name}\n")
+    for node, hops in store.query_related(ids["alice"], depth=2):
+        out.write(f"  depth {hops}  {node.label:<15} {node.name}\n")
 
     question = "which language does she prefer for pipelines"
     out.write(f"\nsimilar to {question!r}:\n")
-    for hit in store.query_similar(embedder.embed(question), top_k=3):
-        out.write(f"  {hit.distance:.3f}  {hit.node.name}: {hit.node.text}\n")
+    for node, distance in store.query_similar(embedder.embed(question), top_k=3):
+        out.write(f"  {distance:.3f}  {node.name}: {node.text}\n")
 
     out.write("\nhybrid: the project's neighbourhood ranked by 'replication decisions':\n")
     ranked = store.query_hybrid(
         ids["proj-memora"], depth=1, top_k=3, vector=embedder.embed("replication decision raft")
     )
-    for neighbour in ranked:
-        assert isinstance(neighbour, SimilarHit)
-        out.write(f"  {neighbour.distance:.3f}  {neighbour.node.name}\n")
+    for node, distance in ranked:
+        out.write(f"  {distance:.3f}  {node.name}\n")
 
     before_update = store.applied_index
     store.update_node(ids["pref-dark"], text="prefers light mode since 2026")
     old = store.get_node(ids["pref-dark"], as_of=before_update)
     new = store.get_node(ids["pref-dark"])
     assert old is not None and new is not None
+    out.write("\nhybrid the other way: vector hits for 'rust platform', with their neighbours:\n")
+    for hit in store.query_hybrid_by_vector(embedder.embed("rust platform"), top_k=2, depth=1):
+        neighbours = ", ".join(str(node.name) for node, _ in hit.neighbours)
+        out.write(f"  {hit.distance:.3f}  {hit.node.name} -> {neighbours}\n")
+
     out.write(f"\nhistory: as of index {before_update}: {old.text!r}; now: {new.text!r}\n")

@@ -416,33 +416,42 @@ class Memora:
 
     def query_hybrid(
         self,
-        node_id: int | None = None,
+        node_id: int,
         depth: int = 1,
         top_k: int = 10,
         *,
         vector: Any = None,
         kinds: Iterable[str] | None = None,
         direction: Direction = "both",
-        label: str | None = None,
-        exact: bool = False,
         as_of: int | None = None,
         namespace: str | None = None,
-    ) -> list[SimilarHit] | list[HybridHit]:
-        """Graph and vectors together.
-
-        With `node_id`: the node's neighbourhood within `depth` hops, ranked by similarity to
-        `vector` (or to the node's own vector). Without it: the `top_k` nearest nodes to `vector`,
-        each with its neighbourhood within `depth` hops.
-        """
+    ) -> list[SimilarHit]:
+        """The node's neighbourhood within `depth` hops, ranked by similarity to `vector` (or to
+        the node's own vector): `(node, distance)` pairs, nearest first."""
         with self._apply_lock:
             ns = self._reader(namespace, as_of)
             query = None if vector is None else queries.query_vector(ns, vector)
-            if node_id is not None:
-                return queries.hybrid_around_node(
-                    ns, node_id, depth, top_k, query, _kinds(kinds), direction, as_of
-                )
-            if query is None:
-                raise ValidationError("give a node_id, a vector, or both", "vector")
+            return queries.hybrid_around_node(
+                ns, node_id, depth, top_k, query, _kinds(kinds), direction, as_of
+            )
+
+    def query_hybrid_by_vector(
+        self,
+        vector: Any,
+        top_k: int = 10,
+        depth: int = 1,
+        *,
+        label: str | None = None,
+        kinds: Iterable[str] | None = None,
+        direction: Direction = "both",
+        exact: bool = False,
+        as_of: int | None = None,
+        namespace: str | None = None,
+    ) -> list[HybridHit]:
+        """The `top_k` nearest nodes to `vector`, each with its neighbourhood within `depth`."""
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            query = queries.query_vector(ns, vector)
             return queries.hybrid_from_vector(
                 ns, query, top_k, depth, label, _kinds(kinds), direction, exact, as_of
             )
