@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from memora.core import constants
-from memora.core.errors import DimensionError, LimitError, NotFoundError, ValidationError
+from memora.core import constants, validate
+from memora.core.errors import LimitError, NotFoundError, ValidationError
 from memora.core.namespace import Adjacency, NamespaceState
 from memora.core.types import (
     VECTOR_DTYPE,
@@ -62,14 +62,7 @@ def query_vector(ns: NamespaceState, vector: Any) -> FloatArray:
         array = np.asarray(vector, dtype=VECTOR_DTYPE)
     except (TypeError, ValueError) as error:
         raise ValidationError(f"vector must be a list of numbers: {error}", "vector") from error
-    if array.ndim != 1 or array.shape[0] != ns.info.dimension:
-        raise DimensionError(
-            f"vector has shape {array.shape}; this namespace uses dimension {ns.info.dimension}",
-            "vector",
-        )
-    if not np.isfinite(array).all():
-        raise ValidationError("vector contains NaN or infinity", "vector")
-    return array
+    return validate.vector_values(array, ns.info.dimension)
 
 
 def _check_count(value: object, field: str, minimum: int, maximum: int) -> int:

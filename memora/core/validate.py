@@ -93,13 +93,23 @@ def vector(data: object, dimension: int, field: str = "vector") -> FloatArray:
         raise ValidationError(f"{field} must be float32 bytes", field)
     if len(data) % VECTOR_DTYPE.itemsize != 0:
         raise ValidationError(f"{field} is not a whole number of float32 values", field)
-    array = np.frombuffer(data, dtype=VECTOR_DTYPE)
-    if array.shape[0] != dimension:
+    return vector_values(np.frombuffer(data, dtype=VECTOR_DTYPE), dimension, field)
+
+
+def vector_values(array: FloatArray, dimension: int, field: str = "vector") -> FloatArray:
+    """Check a float32 vector's shape, and that every component is finite and within bounds."""
+    if array.ndim != 1 or array.shape[0] != dimension:
         raise DimensionError(
-            f"{field} has dimension {array.shape[0]}; this namespace uses {dimension}", field
+            f"{field} has shape {array.shape}; this namespace uses dimension {dimension}", field
         )
-    if not np.isfinite(array).all():
-        raise ValidationError(f"{field} contains NaN or infinity", field)
+    # One comparison catches NaN (never <=), infinities and components so large that squared
+    # distances would overflow float32.
+    if not np.abs(array).max() <= constants.vector_component_abs_max:
+        raise ValidationError(
+            f"{field} contains NaN, infinity or a component beyond "
+            f"±{constants.vector_component_abs_max:g}",
+            field,
+        )
     return array
 
 
