@@ -43,6 +43,10 @@ def vector_from_bytes(data: bytes) -> FloatArray:
     return np.frombuffer(data, dtype=VECTOR_DTYPE)
 
 
+def _vector_repr(vector: bytes | None) -> str:
+    return "None" if vector is None else f"<{len(vector) // VECTOR_DTYPE.itemsize} floats>"
+
+
 # ---------------------------------------------------------------------------------------------
 # Metadata every record carries.
 
@@ -88,7 +92,7 @@ class Node:
     name: str | None
     properties: Properties
     text: str | None
-    vector: bytes | None
+    vector: bytes | None = attrs.field(repr=_vector_repr)
     provenance: Provenance
     created: Stamp
     updated: Stamp
@@ -117,7 +121,7 @@ class Observation:
     version: int
     node_id: int
     text: str
-    vector: bytes | None
+    vector: bytes | None = attrs.field(repr=_vector_repr)
     provenance: Provenance
     created: Stamp
     updated: Stamp
