@@ -9,6 +9,7 @@ from its storage (`restart`), which is how a crash looks to Raft.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 
 import cbor2
@@ -28,6 +29,8 @@ from memora.core.raft import (
     Role,
     Snapshot,
     SnapshotMeta,
+    VoteRequest,
+    VoteResponse,
 )
 
 PAPER_OPTIONS = RaftOptions(pre_vote=False, check_quorum=False)
@@ -231,6 +234,17 @@ class Cluster:
         assert node.role is Role.LEADER, (node_id, node.role, node.term)
         return node
 
+    def win_without_commit(self, node_id: int) -> RaftNode:
+        """Campaign and deliver only votes: the new leader's no-op is not committed yet."""
+        node = self.nodes[node_id]
+        node.campaign()
+        for _ in range(10):
+            if node.role is Role.LEADER:
+                return node
+            self.flush()
+            self.deliver(lambda m: isinstance(m, VoteRequest | VoteResponse))
+        raise AssertionError(f"node {node_id} did not win")
+
     def propose(self, node_id: int, data: bytes, *, stabilize: bool = True) -> int:
         index = self.nodes[node_id].propose(data)
         if stabilize:
@@ -255,7 +269,7 @@ class Cluster:
                     other_entry = by_index.get(entry.index)
                     assert other_entry is None or other_entry == entry, (node_id, other_id, entry)
         states = sorted(self.states.values(), key=len)
-        for shorter, longer in zip(states, states[1:], strict=False):
+        for shorter, longer in itertools.pairwise(states):
             assert longer[: len(shorter)] == shorter
 
     def log_terms(self, node_id: int) -> list[int]:

@@ -1,5 +1,6 @@
-"""One test per rule of the Raft paper's Figure 2 and the safety arguments of section 5, in the spirit
-of etcd's raft_paper_test.go. Pre-vote and check-quorum are off here: these are the paper's rules.
+"""One test per rule of the Raft paper's Figure 2 and the safety arguments of section 5, in the
+spirit of etcd's raft_paper_test.go. Pre-vote and check-quorum are off here: these are the paper's
+rules, without the thesis' extensions.
 """
 
 from __future__ import annotations

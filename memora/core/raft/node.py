@@ -806,19 +806,27 @@ class RaftNode:
             self._sync_progress()
 
     def _sync_progress(self) -> None:
-        """Make the leader's progress table match the configuration."""
+        """Make the leader's progress table match the configuration.
+
+        A removed node keeps its progress, as a non-voter, until its removal commits: it must
+        receive the entry that removes it, or it would go on campaigning.
+        """
         configuration = self.configuration
-        for node_id in list(self._progress):
-            if not configuration.is_member(node_id):
-                del self._progress[node_id]
         for node_id in configuration.members():
             progress = self._progress.get(node_id)
             if progress is None:
                 progress = self._new_progress(node_id)
                 self._progress[node_id] = progress
             progress.is_learner = not configuration.is_voter(node_id)
+        for node_id, progress in self._progress.items():
+            progress.is_learner = progress.is_learner or not configuration.is_member(node_id)
         if self._transferee is not None and not configuration.is_voter(self._transferee):
             self._transferee = None
+
+    def _forget_removed_nodes(self) -> None:
+        if self._configurations[-1][0] <= self.log.committed:
+            for node_id in [n for n in self._progress if not self.configuration.is_member(n)]:
+                del self._progress[node_id]
 
     def _new_progress(self, node_id: int) -> Progress:
         last = self.log.last_index()
@@ -854,6 +862,7 @@ class RaftNode:
             awaiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for read in awaiting:
                 self._serve_read(read)
+        self._forget_removed_nodes()
         removed = not self.configuration.is_voter(self.node_id)
         if removed and self._configurations[-1][0] <= self.log.committed:
             self._step_down_removed()
@@ -1147,7 +1156,10 @@ class RaftNode:
 
     def _leader_invariants(self) -> None:
         assert self.leader_id == self.node_id and self.vote == self.node_id
-        assert set(self._progress) == set(self.configuration.members())
+        members = set(self.configuration.members())
+        assert members <= set(self._progress)
+        if self._configurations[-1][0] <= self.log.committed:
+            assert set(self._progress) == members
         for progress in self._progress.values():
             progress.invariants()
             assert progress.match <= self.log.last_index()
