@@ -145,14 +145,20 @@ class Cluster:
         node = self.nodes[node_id]
         if node_id in self.down or not node.has_ready():
             return False
-        ready = node.ready()
-        # 1. Persist.
+        self.finish_ready(node_id, self.begin_ready(node_id))
+        return True
+
+    def begin_ready(self, node_id: int) -> Ready:
+        """Steps 1 and 2 of the contract: persist, then send."""
+        ready = self.nodes[node_id].ready()
         self.storages[node_id].save(ready.hard_state, ready.entries, ready.snapshot)
-        # 2. Send.
         for message in ready.messages:
             self.sent.append(message)
             self.queue.append(message)
-        # 3. Restore and apply.
+        return ready
+
+    def finish_ready(self, node_id: int, ready: Ready) -> None:
+        """Steps 3 and 4: restore and apply, then advance."""
         if ready.snapshot is not None:
             self.states[node_id] = list(cbor2.loads(ready.snapshot.data))
             self.applied[node_id] = ready.snapshot.meta.index
@@ -163,9 +169,7 @@ class Cluster:
             if entry.kind is EntryKind.NORMAL:
                 self.states[node_id].append(entry.data)
         self.reads[node_id].extend(ready.reads)
-        # 4. Advance.
-        node.advance(ready)
-        return True
+        self.nodes[node_id].advance(ready)
 
     def deliver(self, predicate: Callable[[Message], bool] | None = None) -> int:
         """Step every queued message (matching `predicate`) into its target, in order."""

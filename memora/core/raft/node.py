@@ -930,20 +930,30 @@ class RaftNode:
         if message.rejected:
             self._on_append_rejected(message, progress)
             return
-        if progress.maybe_update(message.index):
-            if progress.state is ProgressState.PROBE:
-                progress.become_replicate()
-            elif progress.state is ProgressState.SNAPSHOT and (
-                progress.match + 1 >= self.log.first_index()
-            ):
-                progress.become_probe()
-                progress.become_replicate()
+        updated = progress.maybe_update(message.index)
+        if progress.state is ProgressState.SNAPSHOT:
+            self._maybe_end_snapshot(progress)
+        elif updated and progress.state is ProgressState.PROBE:
+            progress.become_replicate()
+        if updated:
             self._maybe_commit()
             if self.role is not Role.LEADER:
                 return
             if message.source == self._transferee:
                 self._maybe_send_timeout_now()
         self._send_appends(message.source, allow_empty=False)
+
+    def _maybe_end_snapshot(self, progress: Progress) -> None:
+        """Leave the snapshot state once the log can take over, or the snapshot is in.
+
+        A follower that installed a snapshot the leader has since compacted past needs a newer
+        one: probing finds that out.
+        """
+        can_replicate = progress.match + 1 >= self.log.first_index()
+        if can_replicate or progress.match >= progress.pending_snapshot_index:
+            progress.become_probe()
+            if can_replicate:
+                progress.become_replicate()
 
     def _on_append_rejected(self, message: AppendResponse, progress: Progress) -> None:
         next_probe = message.hint_index
