@@ -40,7 +40,8 @@ def test_the_seed_api_round_trip(tmp_path: Path) -> None:
         store.insert_edge(1, 100, "owns")
         store.insert_vector(100, unit(100))
         assert store.get_node(100) is not None
-        assert [(node.id, hops) for node, hops in store.query_related(1, 2)] == [(100, 1)]
+        assert store.query_related(1, 2) == {100: 1}
+        assert [(node.id, hops) for node, hops in store.query_related_nodes(1, 2)] == [(100, 1)]
         hits = store.query_similar(unit(100), top_k=1)
         node, distance = hits[0]
         assert node.id == 100 and distance == pytest.approx(0.0, abs=1e-6)
@@ -54,10 +55,11 @@ def test_everything_acknowledged_survives_reopen(tmp_path: Path) -> None:
         populate(store)
         store.delete_node(5)
         expected_hash = store.state_hash()
-        expected_related = [(node.id, hops) for node, hops in store.query_related(10, 3)]
+        expected_related = store.query_related(10, 3)
+        assert list(expected_related) == [11, 9, 12, 8, 13, 7]  # Out edges first, then in.
     with Memora.open(tmp_path, dimension=8) as reopened:
         assert reopened.state_hash() == expected_hash
-        assert [(node.id, hops) for node, hops in reopened.query_related(10, 3)] == expected_related
+        assert reopened.query_related(10, 3) == expected_related
         assert reopened.get_node(5) is None
         assert reopened.get_node(5, as_of=5) is None  # Index 1 created the namespace.
         assert reopened.get_node(5, as_of=6) is not None

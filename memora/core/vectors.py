@@ -458,7 +458,8 @@ class VectorIndex:
             else:
                 hits += self._search_graph(segment, graph_query, k, max(ef_search, k), allowed)
         hits.sort()
-        return [(key, distance) for distance, key in hits[:k]]
+        del hits[k:]
+        return [(key, distance) for distance, key in hits]
 
     # -- Snapshots ---------------------------------------------------------------------------
 
@@ -635,7 +636,7 @@ class VectorIndex:
             if HNSWLIB_SHORT_RESULT not in str(error):
                 raise
             return self._search_fallback(segment, query, k, allowed, accepted)
-        keys = self._slot_keys[labels[0].astype(np.int64)]
+        keys = self._slot_keys.take(labels[0].astype(np.intp))
         return list(zip(found[0].tolist(), keys.tolist(), strict=True))
 
     def _accept_allowed(

@@ -80,7 +80,7 @@ def _query_graph(
     store: Memora, embedder: HashingEmbedder, ids: dict[str, int], out: TextIO
 ) -> None:
     out.write("\nrelated to alice within 2 hops:\n")
-    for node, hops in store.query_related(ids["alice"], depth=2):
+    for node, hops in store.query_related_nodes(ids["alice"], depth=2):
         out.write(f"  depth {hops}  {node.label:<15} {node.name}\n")
 
     question = "which language does she prefer for pipelines"

@@ -391,11 +391,35 @@ class Memora:
         kinds: Iterable[str] | None = None,
         direction: Direction = "both",
         as_of: int | None = None,
+        limit: int = constants.related_nodes_max,
         namespace: str | None = None,
-    ) -> list[RelatedNode]:
+    ) -> dict[int, int]:
+        """Node id -> hops for every node within `depth` hops (not the start), in BFS order.
+
+        Ids only, like networkx's shortest-path-length maps: a walk over thousands of nodes then
+        never touches their records. `query_related_nodes` returns the records themselves.
+        """
         with self._apply_lock:
             ns = self._reader(namespace, as_of)
-            return queries.related(ns, node_id, depth, _kinds(kinds), direction, as_of)
+            return queries.related_depths(
+                ns, node_id, depth, _kinds(kinds), direction, as_of, limit
+            )
+
+    def query_related_nodes(
+        self,
+        node_id: int,
+        depth: int = 1,
+        *,
+        kinds: Iterable[str] | None = None,
+        direction: Direction = "both",
+        as_of: int | None = None,
+        limit: int = constants.related_nodes_max,
+        namespace: str | None = None,
+    ) -> list[RelatedNode]:
+        """`(node, hops)` for every node within `depth` hops (not the start), in BFS order."""
+        with self._apply_lock:
+            ns = self._reader(namespace, as_of)
+            return queries.related(ns, node_id, depth, _kinds(kinds), direction, as_of, limit)
 
     def query_similar(
         self,
