@@ -491,7 +491,8 @@ def test_figure_8_an_old_term_entry_on_a_majority_is_not_committed_and_may_be_ov
     _win(cluster, 1)
     assert cluster.node(1).term == 4
     assert [cluster.log_terms(n) for n in (1, 2, 3)] == [[1, 2, 4], [1, 2], [1, 2]]
-    assert cluster.node(1).progress(3).match == 2
+    progress = cluster.node(1).progress(3)
+    assert progress is not None and progress.match == 2
     assert cluster.node(1).log.committed == 0
     # (d)
     cluster.heal()

@@ -9,6 +9,7 @@ change the configuration, transfer leadership, read, compact, restart a node, pa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -76,10 +77,9 @@ class Run:
             self.partition_or_heal(argument)
 
     def call(self, function: Any, *arguments: Any) -> None:
-        try:
+        # Not the leader, dropped, or an invalid change: typed refusals are fine.
+        with contextlib.suppress(MemoraError):
             function(*arguments)
-        except MemoraError:
-            pass  # Not the leader, dropped, or an invalid change: typed refusals are fine.
 
     def deliver(self, argument: int) -> None:
         cluster = self.cluster

@@ -22,6 +22,8 @@ from memora.core.raft import (
     Ready,
     Role,
     SnapshotChunk,
+    SnapshotChunkResponse,
+    SnapshotMeta,
     VoteRequest,
 )
 
@@ -335,7 +337,7 @@ def test_a_removed_leader_keeps_replicating_until_its_removal_commits() -> None:
     with pytest.raises(ProposalDroppedError):
         leader.propose(b"from a removed leader")
     cluster.stabilize()
-    assert leader.role is Role.FOLLOWER
+    assert leader.soft_state().role is Role.FOLLOWER
 
 
 def test_one_configuration_change_at_a_time_and_only_after_a_commit_in_the_term() -> None:
@@ -381,7 +383,7 @@ def test_a_configuration_takes_effect_when_appended_and_reverts_when_truncated()
             0,
         )
     )
-    assert follower.configuration.learners == ()
+    assert not follower.configuration.learners
     assert follower.counters["log_truncations"] == 1
 
 
@@ -623,3 +625,20 @@ def test_a_restart_between_ready_and_advance_loses_nothing_committed() -> None:
     cluster.restart(2)
     settle(cluster)
     assert cluster.states[2] == cluster.states[1] == [b"\x00", b"\x01", b"\x02", b"in flight"]
+
+
+def test_a_snapshot_completed_after_the_log_caught_up_is_ignored() -> None:
+    cluster = Cluster()
+    cluster.elect(1)
+    follower = cluster.node(2)
+    term = follower.term
+    meta = SnapshotMeta(follower.log.last_index() + 1, term, cluster.configuration)
+    follower.step(SnapshotChunk(1, 2, term, meta, 4, 0, b"ab"))
+    assert [type(m) for m in drain(follower).messages] == [SnapshotChunkResponse]
+    entries = tuple(entries_with_terms([term, term], follower.log.last_index() + 1))
+    previous = follower.log.last_index()
+    follower.step(AppendRequest(1, 2, term, previous, follower.log.last_term(), entries, 4))
+    assert follower.log.committed >= meta.index
+    follower.step(SnapshotChunk(1, 2, term, meta, 4, 2, b"cd"))
+    assert follower.counters["snapshots_installed"] == 0
+    assert follower.log.pending_snapshot is None

@@ -402,15 +402,26 @@ class RaftNode:
     def read_index(self, request_id: int, lease: bool = False) -> None:
         """Ask for a linearizable read; `Ready.reads` later holds (request_id, index).
 
-        The answer is safe once the state machine has applied `index`. A ReadIndex read costs a
-        heartbeat round to a quorum. With `lease=True` (and check-quorum on every node) a leader
-        answers at once while its lease holds: a quorum acknowledged a heartbeat it sent less
-        than `election_timeout_ticks_min - lease_drift_ticks` ticks ago. Followers refuse votes
-        for `election_timeout_ticks_min` ticks after hearing from their leader, so no other
-        leader can exist yet, provided no node's clock runs more than `lease_drift_ticks` ticks
-        per election timeout slower than the leader's, and no voter restarted (a restarted node
-        forgets that it heard from a leader). A follower forwards the request to its leader; a
-        request lost with a leader change is never answered, so callers time out and retry.
+        The answer is safe once the state machine has applied `index`. A leader takes the read
+        only after an entry of its term is committed (so its commit index is the cluster's),
+        records that commit index, and releases the read once a quorum has answered a
+        heartbeat round sent after the read arrived. A follower forwards the read to its
+        leader and gets the index back; a read lost with a leader change is never answered,
+        so callers time out and retry. With a single voter the answer is immediate.
+
+        With `lease=True` a leader answers at once, without a heartbeat round, while its lease
+        holds: a quorum acknowledged heartbeat round r, sent at leader tick s, and now - s <
+        `election_timeout_ticks_min - lease_drift_ticks`. Each of those voters got round r
+        after s and then, under check-quorum, refuses votes (and does not campaign) for
+        `election_timeout_ticks_min` of its own ticks, so no other leader can exist yet.
+        Clock-drift bound: this holds while no voter's ticks run faster than the leader's by
+        more than a factor (min - 1) / (min - drift), one tick going to tick granularity; with
+        the defaults (15, 3) that is 14/12, about 16%. It further assumes that check-quorum is
+        on in every node, that the driver ticks by elapsed monotonic time (catching up after a
+        pause before it asks for a lease read), and that no voter restarted within the window
+        (a restarted node forgets it heard from a leader, as in etcd). The lease is off during
+        and after a leadership transfer in this term (TimeoutNow overrides the voters' lease);
+        without a valid lease the read falls back to ReadIndex.
         """
         assert 0 <= request_id <= constants.raft_index_max, request_id
         if self.role is Role.LEADER:
@@ -719,14 +730,18 @@ class RaftNode:
 
     def _install_snapshot(self, snapshot: Snapshot, leader: int) -> None:
         meta = snapshot.meta
-        if self.log.matches(meta.index, meta.term):
+        if meta.index <= self.log.committed:
+            # The log caught up while the chunks arrived: the snapshot brings nothing new.
+            self._respond_append(leader, self.log.committed)
+        elif self.log.matches(meta.index, meta.term):
             # The snapshot's last entry is in our log: keep the entries after it (Figure 13).
             self.log.commit_to(meta.index)
+            self._respond_append(leader, meta.index)
         else:
             self.counters["snapshots_installed"] += 1
             self.log.restore(snapshot)
             self._configurations = [(meta.index, meta.configuration)]
-        self._respond_append(leader, meta.index)
+            self._respond_append(leader, meta.index)
 
     # -- Candidates. --------------------------------------------------------------------------
 
