@@ -164,6 +164,8 @@ class Cluster:
             self.applied[node_id] = ready.snapshot.meta.index
         for entry in ready.committed:
             assert entry.index == self.applied[node_id] + 1, (node_id, entry, self.applied)
+            # Only durable entries are applied: the Ready persisted them first.
+            assert entry.index <= self.storages[node_id].last_index(), (node_id, entry)
             self.applied[node_id] = entry.index
             self.committed_log[node_id].append(entry)
             if entry.kind is EntryKind.NORMAL:

@@ -315,9 +315,11 @@ class RaftNode:
         self._ready_outstanding = None
         if ready.snapshot is not None:
             self.log.snapshot_persisted(ready.snapshot)
-        if ready.entries:
-            last = ready.entries[-1]
-            self.log.stable_to(last.index, last.term)
+        # Entries replaced since ready() are not stable: persist the log from the first one.
+        for entry in reversed(ready.entries):
+            if self.log.matches(entry.index, entry.term):
+                self.log.stable_to(entry.index, entry.term)
+                break
         if ready.committed:
             self.log.applied_to(max(self.log.applied, ready.committed[-1].index))
         self.invariants()
