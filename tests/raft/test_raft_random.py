@@ -20,6 +20,7 @@ from memora.core.errors import MemoraError
 from memora.core.raft import (
     ConfigurationChange,
     ConfigurationChangeKind,
+    RaftOptions,
     Ready,
     Role,
 )
@@ -28,8 +29,10 @@ ACTION_KINDS = 28
 
 
 class Run:
-    def __init__(self, voters: tuple[int, ...], spare: tuple[int, ...]) -> None:
-        self.cluster = Cluster(voters, seed=sum(voters))
+    def __init__(
+        self, voters: tuple[int, ...], spare: tuple[int, ...], options: RaftOptions | None = None
+    ) -> None:
+        self.cluster = Cluster(voters, seed=sum(voters), options=options)
         for node_id in spare:
             self.cluster.add_node(node_id)
         self.pending: dict[int, Ready] = {}
@@ -242,6 +245,19 @@ def test_three_nodes_and_a_spare_stay_safe_under_random_delivery(
 @SETTINGS
 def test_five_nodes_stay_safe_under_random_delivery(steps: list[tuple[int, int]]) -> None:
     run = Run((1, 2, 3, 4, 5), spare=())
+    for kind, argument in steps:
+        run.act(kind, argument)
+        run.check()
+    run.finish()
+
+
+@given(actions)
+@SETTINGS
+def test_three_nodes_without_pre_vote_or_check_quorum_stay_safe(
+    steps: list[tuple[int, int]],
+) -> None:
+    options = RaftOptions(pre_vote=False, check_quorum=False, snapshot_chunk_bytes=16)
+    run = Run((1, 2, 3), spare=(4,), options=options)
     for kind, argument in steps:
         run.act(kind, argument)
         run.check()

@@ -10,11 +10,13 @@ from memora.core import constants
 from memora.core.errors import ValidationError
 from memora.core.raft import (
     AppendRequest,
+    AppendResponse,
     ConfigurationChange,
     ConfigurationChangeError,
     ConfigurationChangeKind,
     HardState,
     HeartbeatRequest,
+    HeartbeatResponse,
     NotLeaderError,
     ProposalDroppedError,
     RaftOptions,
@@ -25,6 +27,7 @@ from memora.core.raft import (
     SnapshotChunkResponse,
     SnapshotMeta,
     VoteRequest,
+    VoteResponse,
 )
 
 ADD_VOTER = ConfigurationChangeKind.ADD_VOTER
@@ -642,3 +645,26 @@ def test_a_snapshot_completed_after_the_log_caught_up_is_ignored() -> None:
     follower.step(SnapshotChunk(1, 2, term, meta, 4, 2, b"cd"))
     assert follower.counters["snapshots_installed"] == 0
     assert follower.log.pending_snapshot is None
+
+
+def test_a_read_in_a_new_leadership_never_rides_on_an_earlier_heartbeat_round() -> None:
+    cluster = Cluster(options=RaftOptions(pre_vote=False))
+    leader = cluster.elect(1)
+    leader.read_index(1)  # Round 1 is queued, not sent yet.
+    leader.step(HeartbeatRequest(2, 1, leader.term + 1, 0, 0))  # Deposed before any Ready.
+    leader.campaign()
+    for voter in (2, 3):
+        leader.step(VoteResponse(voter, 1, leader.term, False, True))
+    assert leader.role is Role.LEADER
+    leader.step(AppendResponse(2, 1, leader.term, leader.log.last_index(), False, 0, 0))
+    leader.read_index(2)
+    leader.step(HeartbeatResponse(2, 1, leader.term, 0))  # An answer to no round of this term.
+    assert drain(leader).reads == ()
+
+
+def test_a_message_at_the_largest_term_is_refused() -> None:
+    cluster = Cluster()
+    node = cluster.node(2)
+    node.step(HeartbeatRequest(1, 2, constants.raft_term_max, 0, 0))
+    assert node.counters["rejected_term_out_of_range"] == 1
+    assert node.term == 1

@@ -154,6 +154,8 @@ def message_rejection(message: Message, node_id: int) -> str | None:
         return "bad_source"
     if message.source > constants.raft_node_id_max:
         return "bad_source"
+    if message.term >= constants.raft_term_max:
+        return "term_out_of_range"  # Every term must leave room for a successor.
     if isinstance(message, AppendRequest):
         return _entries_rejection(message)
     if isinstance(message, SnapshotChunk):
@@ -492,6 +494,7 @@ class RaftNode:
         self._tick_role = self._tick_heartbeat
         self._round = 0
         self._round_sent_ticks = {}
+        self._round_unsent = False  # Heartbeats of an earlier leadership confirm nothing now.
         self._uncommitted_bytes = 0
         self._sync_progress()
         # A no-op of the new term: committing it commits every earlier entry (Figure 8).
