@@ -23,7 +23,7 @@ import attrs
 import cbor2
 
 from memora.core import constants
-from memora.core.errors import CodecError
+from memora.core.errors import CodecError, MemoraError
 from memora.core.types import (
     AddObservation,
     Applied,
@@ -34,12 +34,15 @@ from memora.core.types import (
     DeleteObservation,
     Edge,
     Entry,
+    ExpireClients,
     InsertEdge,
     InsertNode,
     Namespace,
     Node,
     Observation,
+    Proposal,
     Provenance,
+    Rejected,
     SetVector,
     Stamp,
     UpdateEdge,
@@ -65,9 +68,13 @@ _TAGGED_CLASSES: Final[dict[int, type]] = {
     TAG_BASE + 28: AddObservation,
     TAG_BASE + 29: DeleteObservation,
     TAG_BASE + 30: Batch,
+    TAG_BASE + 31: ExpireClients,
     TAG_BASE + 40: Entry,
     TAG_BASE + 41: Applied,
+    TAG_BASE + 42: Proposal,
 }
+# A Rejected result carries an exception, encoded as [index, error class name, message, field].
+TAG_REJECTED: Final = TAG_BASE + 43
 _TAG_OF_CLASS: Final[dict[type, int]] = {cls: tag for tag, cls in _TAGGED_CLASSES.items()}
 _FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
     cls: tuple(field.name for field in attrs.fields(cls)) for cls in _TAGGED_CLASSES.values()
@@ -91,6 +98,12 @@ _ENCODERS: Final[dict[type, tuple[int, Any]]] = {
 
 def _encode_default(encoder: cbor2.CBOREncoder, value: Any) -> None:
     found = _ENCODERS.get(type(value))
+    if found is None and isinstance(value, Rejected):
+        error = value.error
+        assert isinstance(error, MemoraError), error
+        fields = [value.index, type(error).__name__, error.message, error.field]
+        encoder.encode(cbor2.CBORTag(TAG_REJECTED, fields))
+        return
     if found is None:
         raise CodecError(f"cannot encode a value of type {type(value).__name__}")
     tag, fields = found
@@ -111,9 +124,37 @@ def _tag_decoder(cls: type) -> Any:
     return decode_fields
 
 
+def _errors_by_name() -> dict[str, type[MemoraError]]:
+    found: dict[str, type[MemoraError]] = {}
+    pending: list[type[MemoraError]] = [MemoraError]
+    while pending:
+        cls = pending.pop()
+        found[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def _decode_rejected(value: Any, immutable: bool = False) -> Rejected:
+    if not isinstance(value, list) or len(value) != 4:
+        raise CodecError("malformed Rejected: expected 4 fields")
+    index, name, message, field = value
+    # Looked up when decoding, so error classes defined after this module (Raft's) are known.
+    cls = _errors_by_name().get(name) if isinstance(name, str) else None
+    if cls is None or not isinstance(index, int) or not isinstance(message, str):
+        raise CodecError(f"malformed Rejected: unknown error {name!r}")
+    if field is not None and not isinstance(field, str):
+        raise CodecError("malformed Rejected: field must be a string")
+    error = cls.__new__(cls)
+    MemoraError.__init__(error, message, field)
+    return Rejected(index, error)
+
+
 # Semantic decoders (not a tag_hook) so that maps and lists inside a record decode as plain,
 # mutable dicts and lists, equal to the ones that were encoded.
-_SEMANTIC_DECODERS: Final = {tag: _tag_decoder(cls) for tag, cls in _TAGGED_CLASSES.items()}
+_SEMANTIC_DECODERS: Final = {
+    **{tag: _tag_decoder(cls) for tag, cls in _TAGGED_CLASSES.items()},
+    TAG_REJECTED: _decode_rejected,
+}
 
 
 def encode(value: Any) -> bytes:

@@ -39,6 +39,10 @@ record_id_max: Final = 2**63 - 1
 int_property_min: Final = -(2**63)
 int_property_max: Final = 2**63 - 1
 
+# Client sessions (exactly-once commands): the clients remembered, at most.
+clients_max: Final = 100_000
+client_id_bytes_max: Final = 256
+
 # Commands and entries.
 batch_commands_max: Final = 10_000
 entry_bytes_max: Final = 64 * 1024 * 1024

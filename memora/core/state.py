@@ -120,6 +120,12 @@ class StateMachine:
         self.last_timestamp_ms = entry.timestamp_ms
         return result
 
+    def skip(self, index: int) -> None:
+        """Account for a log entry that carries no command (a Raft no-op or configuration), so
+        the applied index follows the log exactly."""
+        assert index == self.applied_index + 1, (index, self.applied_index)
+        self.applied_index = index
+
     def state_hash(self) -> str:
         """The digest replicas compare: the logical content at this applied index."""
         header = encode_canonical([self.applied_index, self.records_digest, self._counters()])

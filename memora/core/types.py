@@ -271,6 +271,36 @@ class Entry:
     command: Command
 
 
+@attrs.frozen
+class ExpireClients:
+    """Forget the exactly-once records of clients not seen since `before_ms` (leader time).
+
+    Proposed by the leader's driver from time to time; applied at the same log index everywhere,
+    so every replica forgets the same clients.
+    """
+
+    before_ms: int
+
+
+@attrs.frozen
+class Proposal:
+    """What a Raft entry of kind NORMAL carries: a command, who sent it, and when.
+
+    `client_id` and `sequence` make a command exactly-once: a client numbers its commands 1, 2,
+    3, ... and retries with the same number; a replica applies each number once and answers a
+    retry with the reply it cached. `timestamp_ms` is the proposing leader's clock; the replica
+    never lets applied timestamps go backwards (a new leader's clock may be behind).
+    """
+
+    timestamp_ms: int
+    principal: str
+    namespace: str
+    session: str | None
+    command: Command | ExpireClients
+    client_id: str | None = None
+    sequence: int = 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Results of apply, and of queries.
 
