@@ -668,3 +668,17 @@ def test_a_message_at_the_largest_term_is_refused() -> None:
     node.step(HeartbeatRequest(1, 2, constants.raft_term_max, 0, 0))
     assert node.counters["rejected_term_out_of_range"] == 1
     assert node.term == 1
+
+
+@pytest.mark.parametrize("lost", [AppendRequest, AppendResponse])
+def test_a_window_full_of_lost_messages_recovers_at_the_next_heartbeat(lost: type) -> None:
+    cluster = Cluster(options=RaftOptions(append_bytes_max=64, inflight_messages_max=2))
+    cluster.elect(1)
+    cluster.drop = lambda m: isinstance(m, lost) and 3 in (m.source, m.target)
+    for i in range(6):
+        cluster.propose(1, bytes([i]) * 20)
+    progress = cluster.node(1).progress(3)
+    assert progress is not None and progress.inflights.full()
+    cluster.heal()
+    cluster.tick(2 * constants.heartbeat_interval_ticks)
+    assert cluster.states[3] == cluster.states[1] and len(cluster.states[3]) == 6

@@ -999,9 +999,28 @@ class RaftNode:
             transfer.heartbeats_waiting += 1
             if transfer.heartbeats_waiting >= constants.raft_snapshot_retry_heartbeats:
                 self._send_snapshot_chunk(message.source, transfer)
+        elif progress.state is ProgressState.REPLICATE and progress.inflights.full():
+            self._probe_pipeline_end(message.source, progress)
         elif progress.match < self.log.last_index():
             self._send_appends(message.source, allow_empty=True)
         self._release_confirmed_reads()
+
+    def _probe_pipeline_end(self, node_id: int, progress: Progress) -> None:
+        """A full window may be full of lost messages: ask, past the window, where the peer is.
+
+        An acknowledgment frees the window; a rejection sends the peer back to probing.
+        """
+        previous_index = progress.next - 1
+        previous_term = self.log.term_at(previous_index)
+        if previous_term is None:
+            progress.become_probe()
+            self._send_appends(node_id, allow_empty=True)
+            return
+        commit = self.log.committed
+        request = AppendRequest(
+            self.node_id, node_id, self.term, previous_index, previous_term, (), commit
+        )
+        self._send(request)
 
     def _broadcast_heartbeat(self) -> int:
         """Start heartbeat round `_round + 1`; returns its number."""
