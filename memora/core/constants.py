@@ -122,6 +122,8 @@ raft_snapshot_bytes_max: Final = 16 * 1024 * 1024 * 1024
 raft_snapshot_retry_heartbeats: Final = 2
 # Reads waiting for confirmation of leadership, on one leader.
 raft_pending_reads_max: Final = 65_536
+# Nesting of CBOR arrays and tags in one Raft message (a chunk holds a meta holds a configuration).
+raft_message_depth_max: Final = 16
 # Rejection sampling in the PRNG: the odds of needing more rounds are below 2**-128.
 prng_rejection_rounds_max: Final = 128
 

@@ -267,6 +267,8 @@ def test_bad_messages_to_a_follower_are_counted_and_change_nothing() -> None:
         follower.log.committed,
         follower.log.last_index(),
     ) == before
+    reasons = follower.messages_rejected_by_reason()
+    assert reasons["bad_shape"] == 5 and reasons["wrong_target"] == 1
     assert follower.role is Role.FOLLOWER and follower.leader_id == 1
     cluster.stabilize()
     cluster.propose(1, b"still works")

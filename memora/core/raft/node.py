@@ -253,6 +253,15 @@ class RaftNode:
     def transferee(self) -> int | None:
         return self._transferee
 
+    def messages_rejected_by_reason(self) -> dict[str, int]:
+        """How many messages from peers were dropped, by reason (malformed, stale, unknown...)."""
+        prefix = "rejected_"
+        return {
+            name.removeprefix(prefix): count
+            for name, count in sorted(self.counters.items())
+            if name.startswith(prefix)
+        }
+
     def progress(self, node_id: int) -> Progress | None:
         """The leader's view of a peer (None on followers), for tests and metrics."""
         return self._progress.get(node_id)

@@ -421,7 +421,6 @@ _TAG_OF_CLASS: Final[dict[type, int]] = {cls: tag for tag, cls in _TAGGED_CLASSE
 _FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
     cls: tuple(field.name for field in attrs.fields(cls)) for cls in _TAGGED_CLASSES.values()
 }
-_DECODE_DEPTH_MAX: Final = 16
 
 
 class ShapeError(Exception):
@@ -576,7 +575,9 @@ def encode_value(value: Any) -> bytes:
 def decode_value(data: bytes, expected: type | tuple[type, ...]) -> Any:
     """Decode bytes made by `encode_value` into an instance of `expected`, or raise CodecError."""
     try:
-        value = cbor2.loads(data, semantic_decoders=_SEMANTIC_DECODERS, max_depth=_DECODE_DEPTH_MAX)
+        value = cbor2.loads(
+            data, semantic_decoders=_SEMANTIC_DECODERS, max_depth=constants.raft_message_depth_max
+        )
     except CodecError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as error:
