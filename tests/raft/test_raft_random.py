@@ -20,6 +20,7 @@ from memora.core.errors import MemoraError
 from memora.core.raft import (
     ConfigurationChange,
     ConfigurationChangeKind,
+    RaftNode,
     RaftOptions,
     Ready,
     Role,
@@ -219,21 +220,24 @@ class Run:
         # Without pre-vote, a voter with a shorter log can keep resetting the others' timers for
         # a while (each round is a coin toss), so keep ticking until a leader emerges.
         for _ in range(40):
-            authority = max(
-                cluster.nodes.values(),
-                key=lambda node: (node.log.last_term(), node.log.last_index()),
-            )
+            leader = cluster.leader()
+            authority = cluster.node(leader) if leader is not None else self.most_up_to_date()
             cluster.down = {n for n in cluster.nodes if not authority.configuration.is_member(n)}
             cluster.tick(50)
-            if cluster.leader() is not None:
+            if leader is not None and leader == cluster.leader():
                 break
-        cluster.tick(50)
         self.check()
         leader = cluster.leader()
         assert leader is not None
         cluster.propose(leader, b"last")
         for node_id in cluster.node(leader).configuration.members():
             assert cluster.states[node_id] == cluster.states[leader], node_id
+
+    def most_up_to_date(self) -> RaftNode:
+        return max(
+            self.cluster.nodes.values(),
+            key=lambda node: (node.log.last_term(), node.log.last_index()),
+        )
 
 
 actions = st.lists(
