@@ -41,17 +41,16 @@ def run_demo(data_dir: str, out: TextIO) -> int:
     with Memora.open(data_dir, dimension=DIMENSION) as store:
         ids = _store_graph(store, embedder, out)
         _query_graph(store, embedder, ids, out)
-        snapshot = store.snapshot()
-        out.write(f"\nsnapshot {snapshot.number} written at commit index {snapshot.index}\n")
+        out.write(f"\nsnapshot written at commit index {store.snapshot()}\n")
         store.add_observation(ids["alice"], "Alice asked for weekly summaries")
-        closed_hash = store.state_hash()
+        closed_hash = store.content_hash()
     with Memora.open(data_dir, dimension=DIMENSION) as reopened:
         notes = [o.text for o in reopened.observations_of(ids["alice"])]
         out.write(f"reopened from disk: {reopened.stats()['nodes']} nodes, alice's notes {notes}\n")
-        if reopened.state_hash() != closed_hash:
+        if reopened.content_hash() != closed_hash:
             out.write("ERROR: the reopened store's state hash differs from the one closed\n")
             return 1
-        out.write(f"state hash after reopen matches: {closed_hash[:16]}\n")
+        out.write(f"content hash after reopen matches: {closed_hash[:16]}\n")
     out.write("demo finished: the store is durable and every query answered.\n")
     return 0
 

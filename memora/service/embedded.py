@@ -1,18 +1,16 @@
-"""`memora.Memora`: the embedded, durable, single-node store.
+"""`memora.Memora`: the embedded, durable store.
 
-Every write becomes a log entry that is appended to the segmented log, made durable by group
-commit (one fsync covers every writer waiting at that moment), and only then applied to the state
-machine; the caller gets the result of its own entry. What is applied is the entry decoded back
-from the bytes that were logged, so a replay after a crash applies exactly what the live store did.
+Every write is a `Proposal` that goes through a one-voter Raft node (`LocalNode`): it is appended
+to the Raft log, made durable by group commit (one fsync covers every writer waiting at that
+moment), committed, and only then applied to the replica; the caller gets the reply of its own
+entry. What is applied is the entry decoded back from the log, so a restart applies exactly what
+the live store did. A cluster (issue 6) changes the driver, not this surface.
 
-On open, the newest valid snapshot is restored and the log after it replayed. A torn tail is cut
-and reported in `recovery_report`; corruption in the middle of the log stops the open with an error
-naming the file and offset.
+On open, the newest snapshot is restored and the committed log after it applied. A torn log tail
+is cut and reported in `recovery_report`; corruption in the middle of the log stops the open with
+an error naming the file and offset.
 
-Thread safety: any number of threads may call in. Writes are ordered by a lock that covers only
-the in-memory append, so concurrent writers share fsyncs; reads and applies share another lock.
-
-The Raft issue will route `_propose` through consensus; the public surface will not change.
+Thread safety: any number of threads may call in; see `LocalNode` for how writers share fsyncs.
 """
 
 from __future__ import annotations
@@ -29,11 +27,9 @@ import attrs
 import numpy as np
 
 from memora.core import constants, queries
-from memora.core import snapshot as core_snapshot
-from memora.core.codec import decode_entry, encode
+from memora.core.codec import encode
 from memora.core.errors import CodecError, LimitError, MemoraError, ValidationError
 from memora.core.namespace import NamespaceState
-from memora.core.state import StateMachine
 from memora.core.types import (
     AddObservation,
     Applied,
@@ -45,7 +41,6 @@ from memora.core.types import (
     DeleteObservation,
     Direction,
     Edge,
-    Entry,
     HybridHit,
     InsertEdge,
     InsertNode,
@@ -54,9 +49,9 @@ from memora.core.types import (
     Node,
     Observation,
     Properties,
+    Proposal,
     Provenance,
     RelatedNode,
-    Result,
     SetVector,
     SimilarHit,
     SimpleCommand,
@@ -64,8 +59,8 @@ from memora.core.types import (
     UpdateNode,
     vector_to_bytes,
 )
-from memora.net.log_store import LogStore, RecoveryReport
-from memora.net.snapshot_store import SnapshotInfo, SnapshotStore
+from memora.net.log_store import RecoveryReport
+from memora.service.local_node import LocalNode
 
 logger = logging.getLogger(__name__)
 
@@ -79,30 +74,14 @@ class StoreClosedError(MemoraError):
 class Memora:
     """A durable memory graph in a directory: `Memora.open(path)`, best as a context manager."""
 
-    def __init__(
-        self,
-        data_dir: str,
-        machine: StateMachine,
-        log: LogStore,
-        snapshots: SnapshotStore,
-        recovery_report: RecoveryReport,
-        *,
-        namespace: str,
-        principal: str,
-    ) -> None:
+    def __init__(self, data_dir: str, local: LocalNode, *, namespace: str, principal: str) -> None:
         self.data_dir = data_dir
         self.namespace = namespace
         self.principal = principal
-        self.recovery_report = recovery_report
-        self._machine = machine
-        self._log = log
-        self._snapshots = snapshots
-        self._write_lock = threading.Lock()  # Orders entries: index and append.
-        self._apply_lock = threading.RLock()  # Guards the state machine: applies and reads.
-        self._pending: dict[int, bytes] = {}  # Appended, not yet applied, by index.
-        self._results: dict[int, Result] = {}  # Applied by another writer, not yet collected.
-        self._last_index = max(machine.applied_index, log.last_index or 0)
-        self._last_timestamp_ms = machine.last_timestamp_ms
+        self.recovery_report: RecoveryReport = local.storage.recovery.log
+        self._local = local
+        self._clock_lock = threading.Lock()
+        self._last_timestamp_ms = local.replica.machine.last_timestamp_ms
         self._closed = False
 
     # -- Opening and closing ----------------------------------------------------------------------
@@ -120,9 +99,8 @@ class Memora:
         """Open (or create) the store in `path`; create `namespace` if it does not exist yet."""
         data_dir = os.fspath(path)
         os.makedirs(data_dir, exist_ok=True)
-        snapshots = SnapshotStore(data_dir)
-        machine = _restore_latest(snapshots)
-        log, report = LogStore.open(os.path.join(data_dir, "raft"))
+        local = LocalNode.open(data_dir)
+        report = local.storage.recovery.log
         if report.truncated_path is not None:
             logger.warning(
                 "cut a torn log tail: %d bytes at %s offset %s (%s)",
@@ -131,18 +109,15 @@ class Memora:
                 report.truncated_offset,
                 report.reason,
             )
-        _replay(machine, log)
-        store = cls(
-            data_dir, machine, log, snapshots, report, namespace=namespace, principal=principal
-        )
-        if namespace not in machine.namespaces:
+        store = cls(data_dir, local, namespace=namespace, principal=principal)
+        if namespace not in local.replica.machine.namespaces:
             store.create_namespace(namespace, dimension=dimension, metric=metric)
         return store
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._log.close()
+            self._local.close()
 
     def __enter__(self) -> Memora:
         return self
@@ -284,71 +259,57 @@ class Memora:
 
     @property
     def applied_index(self) -> int:
-        return self._machine.applied_index
+        """The commit index of the last entry applied (Raft's no-ops and membership included)."""
+        return self._local.replica.applied_index
 
     def _propose(self, command: Command, namespace: str | None) -> Any:
         if self._closed:
             raise StoreClosedError("the store is closed")
-        index = self._append(command, namespace or self.namespace)
-        self._log.sync_through(index)
-        result = self._apply_through(index)
+        proposal = Proposal(
+            self._timestamp_ms(), self.principal, namespace or self.namespace, None, command
+        )
+        try:
+            data = encode(proposal)
+        except (CodecError, TypeError, ValueError, OverflowError) as error:
+            message = f"the command cannot be encoded: {error}"
+            raise ValidationError(message, "command") from error
+        if len(data) > constants.entry_bytes_max:
+            raise LimitError(
+                f"the command encodes to {len(data)} bytes; the limit is "
+                f"{constants.entry_bytes_max}",
+                "command",
+            )
+        result = self._local.propose(data)
         if isinstance(result, Applied):
             return result.value
         raise result.error
 
-    def _append(self, command: Command, namespace: str) -> int:
-        with self._write_lock:
-            index = self._last_index + 1
-            timestamp_ms = max(self._last_timestamp_ms, time.time_ns() // 1_000_000)
-            entry = Entry(
-                index, TERM_SINGLE_NODE, timestamp_ms, self.principal, namespace, None, command
-            )
-            try:
-                data = encode(entry)
-            except (CodecError, TypeError, ValueError, OverflowError) as error:
-                message = f"the command cannot be encoded: {error}"
-                raise ValidationError(message, "command") from error
-            if len(data) > constants.entry_bytes_max:
-                raise LimitError(
-                    f"the command encodes to {len(data)} bytes; the limit is "
-                    f"{constants.entry_bytes_max}",
-                    "command",
-                )
-            self._log.append(index, data)
-            self._pending[index] = data
-            self._last_index = index
-            self._last_timestamp_ms = timestamp_ms
-        return index
-
-    def _apply_through(self, index: int) -> Result:
-        """Apply every durable entry up to `index`, in order, and collect the result of `index`."""
-        with self._apply_lock:
-            while self._machine.applied_index < index:
-                next_index = self._machine.applied_index + 1
-                entry = decode_entry(self._pending.pop(next_index))
-                self._results[next_index] = self._machine.apply(entry)
-            return self._results.pop(index)
+    def _timestamp_ms(self) -> int:
+        """The wall clock in ms, never going backwards within this process."""
+        with self._clock_lock:
+            self._last_timestamp_ms = max(self._last_timestamp_ms, time.time_ns() // 1_000_000)
+            return self._last_timestamp_ms
 
     # -- Reads ------------------------------------------------------------------------------------
 
     def get_node(
         self, id: int, *, as_of: int | None = None, namespace: str | None = None
     ) -> Node | None:
-        with self._apply_lock:
+        with self._local.apply_lock:
             return queries.get_node(self._reader(namespace, as_of), id, as_of)
 
     def get_node_by_name(self, name: str, *, namespace: str | None = None) -> Node | None:
-        with self._apply_lock:
+        with self._local.apply_lock:
             return queries.node_by_name(self._reader(namespace, None), name)
 
     def get_edge(
         self, id: int, *, as_of: int | None = None, namespace: str | None = None
     ) -> Edge | None:
-        with self._apply_lock:
+        with self._local.apply_lock:
             return queries.get_edge(self._reader(namespace, as_of), id, as_of)
 
     def node_history(self, id: int, *, namespace: str | None = None) -> list[Node]:
-        with self._apply_lock:
+        with self._local.apply_lock:
             return list(self._reader(namespace, None).nodes.get(id, ()))
 
     def edges_of(
@@ -360,14 +321,14 @@ class Memora:
         as_of: int | None = None,
         namespace: str | None = None,
     ) -> list[Edge]:
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             return queries.edges_of(ns, node_id, direction, _kinds(kinds), as_of)
 
     def observations_of(
         self, node_id: int, *, as_of: int | None = None, namespace: str | None = None
     ) -> list[Observation]:
-        with self._apply_lock:
+        with self._local.apply_lock:
             return queries.observations_of(self._reader(namespace, as_of), node_id, as_of)
 
     def list_nodes(
@@ -379,7 +340,7 @@ class Memora:
         as_of: int | None = None,
         namespace: str | None = None,
     ) -> list[Node]:
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             return queries.list_nodes(ns, label, after_id, limit, as_of)
 
@@ -399,7 +360,7 @@ class Memora:
         Ids only, like networkx's shortest-path-length maps: a walk over thousands of nodes then
         never touches their records. `query_related_nodes` returns the records themselves.
         """
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             return queries.related_depths(
                 ns, node_id, depth, _kinds(kinds), direction, as_of, limit
@@ -417,7 +378,7 @@ class Memora:
         namespace: str | None = None,
     ) -> list[RelatedNode]:
         """`(node, hops)` for every node within `depth` hops (not the start), in BFS order."""
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             return queries.related(ns, node_id, depth, _kinds(kinds), direction, as_of, limit)
 
@@ -433,7 +394,7 @@ class Memora:
         namespace: str | None = None,
     ) -> list[SimilarHit]:
         """Nearest nodes to a vector, or to a node's own vector (the node itself excluded)."""
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             vector, exclude = self._query_target(ns, vector_or_node_id, as_of)
             return queries.similar(ns, vector, top_k, label, exact, ef, as_of, exclude)
@@ -452,7 +413,7 @@ class Memora:
     ) -> list[SimilarHit]:
         """The node's neighbourhood within `depth` hops, ranked by similarity to `vector` (or to
         the node's own vector): `(node, distance)` pairs, nearest first."""
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             query = None if vector is None else queries.query_vector(ns, vector)
             return queries.hybrid_around_node(
@@ -473,7 +434,7 @@ class Memora:
         namespace: str | None = None,
     ) -> list[HybridHit]:
         """The `top_k` nearest nodes to `vector`, each with its neighbourhood within `depth`."""
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             query = queries.query_vector(ns, vector)
             return queries.hybrid_from_vector(
@@ -481,17 +442,24 @@ class Memora:
             )
 
     def state_hash(self) -> str:
-        with self._apply_lock:
-            return self._machine.state_hash()
+        """The digest of the whole replicated state at the applied index (see StateMachine)."""
+        with self._local.apply_lock:
+            return self._local.replica.state_hash()
+
+    def content_hash(self) -> str:
+        """The digest of the records and id counters alone: equal across a reopen, whose new
+        Raft term only advances the applied index."""
+        with self._local.apply_lock:
+            return self._local.replica.machine.content_hash()
 
     def stats(self, *, namespace: str | None = None) -> dict[str, Any]:
-        with self._apply_lock:
+        with self._local.apply_lock:
             ns = self._reader(namespace, None)
             return {
                 "namespace": ns.info.name,
                 "dimension": ns.info.dimension,
                 "metric": ns.info.metric,
-                "applied_index": self._machine.applied_index,
+                "applied_index": self._local.replica.machine.applied_index,
                 "nodes": sum(1 for versions in ns.nodes.values() if not versions[-1].deleted),
                 "edges": len(ns.edge_keys),
                 "vectors": len(ns.node_vectors),
@@ -504,7 +472,7 @@ class Memora:
     def _reader(self, namespace: str | None, as_of: int | None) -> NamespaceState:
         if self._closed:
             raise StoreClosedError("the store is closed")
-        return self._machine.reader(namespace or self.namespace, as_of)
+        return self._local.replica.machine.reader(namespace or self.namespace, as_of)
 
     def _query_target(
         self, ns: NamespaceState, target: Any, as_of: int | None
@@ -516,45 +484,14 @@ class Memora:
 
     # -- Snapshots --------------------------------------------------------------------------------
 
-    def snapshot(self) -> SnapshotInfo:
-        """Write a snapshot of the applied state and drop the log segments it covers."""
-        with self._apply_lock:
-            index = self._machine.applied_index
-            parts = core_snapshot.take(self._machine)
-        info = self._snapshots.write(index, TERM_SINGLE_NODE, parts)
-        self._log.truncate_prefix(index)
-        return info
+    def snapshot(self) -> int:
+        """Snapshot the applied state and drop the log it covers; returns the snapshot's index."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        return self._local.snapshot()
 
 
 # -- Helpers --------------------------------------------------------------------------------------
-
-
-def _restore_latest(snapshots: SnapshotStore) -> StateMachine:
-    latest = snapshots.latest()
-    for warning in snapshots.warnings:
-        logger.warning("snapshot: %s", warning)
-    if latest is None:
-        return StateMachine()
-    info, parts = latest
-    machine = core_snapshot.restore(parts)
-    assert machine.applied_index == info.index, (machine.applied_index, info.index)
-    return machine
-
-
-def _replay(machine: StateMachine, log: LogStore) -> None:
-    """Apply the durable log entries that follow the restored snapshot."""
-    first = log.first_index
-    if first is None:
-        return
-    if first > machine.applied_index + 1:
-        raise CodecError(
-            f"the log starts at index {first}, but the snapshot ends at {machine.applied_index}"
-        )
-    for index, payload in log.read(machine.applied_index + 1):
-        entry = decode_entry(payload)
-        if entry.index != index:
-            raise CodecError(f"log record {index} holds entry {entry.index}")
-        machine.apply(entry)
 
 
 def _kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:

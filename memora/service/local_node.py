@@ -1,0 +1,148 @@
+"""A one-voter Raft node driven synchronously, for the embedded store.
+
+What lives here: the driver loop that keeps `Ready`'s contract (persist through `FileStorage`,
+then apply the committed entries to the `Replica`, then advance) for a node with no peers, and the
+thread discipline that turns concurrent writers into group commit. What must not: any Raft logic
+(it is all in `memora.core.raft`) or any state machine logic (`memora.core.replica`).
+
+Group commit: a writer proposes under the short node lock, then takes the drive lock and runs
+Readies until its entry is applied. Writers that arrive while another drives wait for the drive
+lock; by the time they get it, the Ready in hand holds all of their entries, persisted with one
+fsync. A one-voter node has no messages to send; Raft still decides what commits, so a cluster
+changes only the driver (issue 6), never this store's surface.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from memora.core import codec
+from memora.core.errors import CodecError
+from memora.core.prng import Prng
+from memora.core.raft import Configuration, RaftNode, Ready, Role, Snapshot
+from memora.core.replica import Replica
+from memora.core.types import Result
+from memora.net.raft_storage import FileStorage
+
+LOCAL_NODE_ID = 1
+
+
+class LocalNode:
+    """A single-voter RaftNode, its FileStorage and its Replica, in one process."""
+
+    def __init__(self, node: RaftNode, storage: FileStorage, replica: Replica) -> None:
+        self.storage = storage
+        self.replica = replica
+        self._node = node
+        self._node_lock = threading.Lock()  # Guards the RaftNode: propose, ready, advance.
+        self._drive_lock = threading.Lock()  # One driver at a time: persist and apply in order.
+        self.apply_lock = threading.RLock()  # Guards the replica: applies and reads.
+        self._results: dict[int, Result] = {}  # Replies not yet collected, by log index.
+
+    @classmethod
+    def open(cls, data_dir: str) -> LocalNode:
+        """Open the node in `data_dir` (a founding one-voter member if the directory is new),
+        restore its latest snapshot, apply its committed log, and make it leader."""
+        storage = _open_storage(data_dir)
+        hard_state, configuration, meta, entries = storage.initial_state()
+        replica = Replica()
+        latest = storage.latest_snapshot()
+        if latest is not None:
+            replica = Replica.restore(decode_parts(latest[1]))
+            assert replica.applied_index == meta.index, (replica.applied_index, meta.index)
+        node = RaftNode(
+            LOCAL_NODE_ID,
+            configuration=configuration,
+            hard_state=hard_state,
+            snapshot_meta=meta,
+            entries=entries,
+            prng=Prng(LOCAL_NODE_ID),
+            snapshot_source=storage,
+        )
+        local = cls(node, storage, replica)
+        local._become_leader()
+        return local
+
+    def propose(self, data: bytes) -> Result:
+        """Append `data` through Raft and return the replica's reply once it is applied."""
+        with self._node_lock:
+            index = self._node.propose(data)
+        with self._drive_lock:
+            if index not in self._results:
+                self._drive()
+            return self._results.pop(index)
+
+    def snapshot(self) -> int:
+        """Snapshot the replica at its applied index and let the log before it go."""
+        with self._drive_lock:
+            with self.apply_lock:
+                parts = self.replica.snapshot_parts()
+                index = self.replica.applied_index
+            with self._node_lock:
+                meta = self._node.compact(index)
+            self.storage.compact(Snapshot(meta, encode_parts(parts)))
+            return index
+
+    def close(self) -> None:
+        with self._drive_lock:
+            self.storage.close()
+
+    def _become_leader(self) -> None:
+        with self._drive_lock:
+            with self._node_lock:
+                self._node.campaign()
+            self._drive()
+            assert self._node.role is Role.LEADER, self._node.soft_state()
+            # The leader's no-op commits every entry of earlier terms: the log is now applied.
+            assert self.replica.applied_index == self._node.log.committed
+
+    def _drive(self) -> None:
+        """Persist, apply and advance Readies until the node has nothing more to do."""
+        while True:
+            with self._node_lock:
+                if not self._node.has_ready():
+                    return
+                ready = self._node.ready()
+            self._persist_and_apply(ready)
+            with self._node_lock:
+                self._node.advance(ready)
+
+    def _persist_and_apply(self, ready: Ready) -> None:
+        assert not ready.messages, "a one-voter node has no one to send to"
+        self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+        with self.apply_lock:
+            if ready.snapshot is not None:
+                self.replica = Replica.restore(decode_parts(ready.snapshot.data))
+            for entry in ready.committed:
+                reply = self.replica.apply(entry)
+                if reply is not None:
+                    self._results[entry.index] = reply
+
+
+def _open_storage(data_dir: str) -> FileStorage:
+    storage = FileStorage.open(data_dir)
+    hard_state, configuration, meta, entries = storage.initial_state()
+    if hard_state.term == 0 and not entries and meta.index == 0:
+        storage.close()
+        return FileStorage.bootstrap(data_dir, Configuration(voters=(LOCAL_NODE_ID,)))
+    if configuration.voters != (LOCAL_NODE_ID,):
+        storage.close()
+        raise CodecError(
+            f"{data_dir} belongs to a cluster with voters {configuration.voters}; "
+            "open it with `memora serve`, not as an embedded store"
+        )
+    return storage
+
+
+def encode_parts(parts: dict[str, bytes]) -> bytes:
+    """The replica's snapshot parts as one blob: Raft streams a snapshot as opaque bytes."""
+    return codec.encode(parts)
+
+
+def decode_parts(data: bytes) -> dict[str, bytes]:
+    parts = codec.decode(data)
+    if not isinstance(parts, dict) or not all(
+        isinstance(name, str) and isinstance(part, bytes) for name, part in parts.items()
+    ):
+        raise CodecError("a snapshot's data is not a map of named parts")
+    return parts
