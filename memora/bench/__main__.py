@@ -1,4 +1,4 @@
-"""`python -m memora.bench core [flags]`: run a benchmark and print its table and JSON line.
+"""`python -m memora.bench {core,raft} [flags]`: run a benchmark and print its table and JSON line.
 
 `--quick` shrinks every size for a run of about a minute; explicit flags still override it.
 """
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from memora.bench import raft
 from memora.bench.core import Config, run
 
 QUICK: dict[str, Any] = {
@@ -53,7 +54,33 @@ def parser() -> argparse.ArgumentParser:
     core.add_argument("--metric", choices=("cosine", "l2"), help="distance (default cosine)")
     core.add_argument("--quick", action="store_true", help="small sizes for a quick run")
     core.add_argument("--json-out", help="also write the result JSON to this path")
+    raft_parser = commands.add_parser("raft", help="3-node Raft cluster vs PySyncObj")
+    raft_defaults = raft.Config()
+    raft_parser.add_argument(
+        "--seconds", type=float, help=f"seconds per phase (default {raft_defaults.seconds:g})"
+    )
+    raft_parser.add_argument(
+        "--payload-bytes", type=int, help=f"bytes per entry (default {raft_defaults.payload_bytes})"
+    )
+    raft_parser.add_argument(
+        "--inflight", type=int, nargs="+", help=f"levels (default {raft_defaults.inflight})"
+    )
+    raft_parser.add_argument("--no-peer", action="store_true", help="skip PySyncObj")
+    raft_parser.add_argument("--quick", action="store_true", help="1 s per phase")
+    raft_parser.add_argument("--json-out", help="also write the result JSON to this path")
     return top
+
+
+def raft_config_from(arguments: argparse.Namespace) -> raft.Config:
+    values: dict[str, Any] = {"seconds": 1.0} if arguments.quick else {}
+    if arguments.seconds is not None:
+        values["seconds"] = arguments.seconds
+    if arguments.payload_bytes is not None:
+        values["payload_bytes"] = arguments.payload_bytes
+    if arguments.inflight is not None:
+        values["inflight"] = tuple(arguments.inflight)
+    values["peer"] = not arguments.no_peer
+    return raft.Config(**values)
 
 
 def config_from(arguments: argparse.Namespace) -> Config:
@@ -69,14 +96,18 @@ def config_from(arguments: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
-    assert arguments.bench == "core", arguments.bench
-    config = config_from(arguments)
+    assert arguments.bench in ("core", "raft"), arguments.bench
+    config: Config | raft.Config
+    config = config_from(arguments) if arguments.bench == "core" else raft_config_from(arguments)
     try:
         config.check()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result = run(config, sys.stdout, sys.stderr)
+    if isinstance(config, raft.Config):
+        result = raft.run(config, sys.stdout, sys.stderr)
+    else:
+        result = run(config, sys.stdout, sys.stderr)
     if arguments.json_out:
         with open(arguments.json_out, "w") as file:
             json.dump(result, file, indent=2, sort_keys=True)
