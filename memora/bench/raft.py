@@ -1,13 +1,14 @@
 """`python -m memora.bench raft`: a 3-node Memora Raft cluster in one process against PySyncObj.
 
 Memora side: three `RaftNode`s, each with a real `FileStorage` (fsync on) in its own temporary
-directory under /tmp, and an in-memory transport: a queue of messages the driver loop delivers.
-The loop keeps `Ready`'s contract for every node: `storage.save` (durable), then the messages go
-on the queue, then the committed entries are applied, then `advance`. The state machine is a no-op:
-applying an entry on the leader only records its commit time. Saves of different nodes that fall
-in the same loop iteration run on a small thread pool (each FileStorage still has one thread at a
-time), as three separate servers would fsync in parallel. Time is a fake clock: every node ticks
-once per `raft_tick_ms` of `perf_counter`.
+directory under /tmp, and an in-memory transport: a queue of messages encoded as on the wire
+(CBOR) that the driver loop decodes and delivers. The loop keeps `Ready`'s contract for every
+node: `storage.save` (durable), then the messages go on the queue, then the committed entries are
+applied, then `advance`. The state machine is a no-op: applying an entry on the leader only
+records its commit time. Saves of different nodes that fall in the same loop iteration run on a
+small thread pool (each FileStorage still has one thread at a time), as three separate servers
+would fsync in parallel. Time is a fake clock: every node ticks once per `raft_tick_ms` of
+`perf_counter`.
 
 A client keeps N proposals outstanding on the leader at all times: each loop iteration proposes
 until N are outstanding (so the proposals of one iteration share a Ready and its fsync), and each
@@ -49,12 +50,13 @@ from memora.core import constants
 from memora.core.prng import Prng
 from memora.core.raft import (
     Configuration,
-    Message,
     NotLeaderError,
     ProposalDroppedError,
     RaftNode,
     Ready,
     Role,
+    decode_message,
+    encode_value,
 )
 from memora.net.raft_storage import FileStorage
 
@@ -109,7 +111,7 @@ class Cluster:
                 prng=Prng(node_id),
                 snapshot_source=storage,
             )
-        self.network: deque[Message] = deque()
+        self.network: deque[bytes] = deque()  # Encoded messages, as a socket would carry.
         self.pool = concurrent.futures.ThreadPoolExecutor(len(NODE_IDS), "raft-save")
         self.tick_s = constants.raft_tick_ms / 1e3
         self.next_tick = time.perf_counter() + self.tick_s
@@ -162,7 +164,7 @@ class Cluster:
                 node.tick()
             self.next_tick = max(self.next_tick + self.tick_s, now)
         for _ in range(len(self.network)):
-            message = self.network.popleft()
+            message = decode_message(self.network.popleft())
             self.nodes[message.target].step(message)
         readies = [
             (node_id, node.ready()) for node_id, node in self.nodes.items() if node.has_ready()
@@ -180,7 +182,7 @@ class Cluster:
             self._save(*saving[0])
         # Every save of this turn is durable: now send, apply, advance (per node, in order).
         for node_id, ready in readies:
-            self.network.extend(ready.messages)
+            self.network.extend(encode_value(message) for message in ready.messages)
             self._apply(node_id, ready)
             self.nodes[node_id].advance(ready)
 
@@ -283,7 +285,7 @@ def memora_metrics(config: Config, root: str, progress: Progress) -> dict[str, A
         return {
             "state_machine": "no-op (the leader records each entry's commit time)",
             "storage": "FileStorage per node, fsync on, temp dirs under /tmp",
-            "transport": "in-memory message queue, delivered by the driver loop",
+            "transport": "in-memory queue of CBOR-encoded messages, delivered by the driver loop",
             "leader": leader,
             "term": cluster.nodes[leader].term,
             "messages_rejected": rejected,
