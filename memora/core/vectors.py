@@ -148,6 +148,10 @@ def _top_hits(
     return hits
 
 
+def _distance_then_key(pair: tuple[int, float]) -> tuple[float, int]:
+    return pair[1], pair[0]
+
+
 def _graph_seed(first_log_index: int) -> int:
     assert first_log_index >= 0
     return first_log_index % SEED_MODULUS
@@ -445,6 +449,10 @@ class VectorIndex:
         ef_search = constants.hnsw_ef_search_default if ef is None else ef
         assert 1 <= ef_search <= constants.hnsw_ef_search_max, ef_search
         brute_force_max = constants.vector_segment_brute_force_max
+        if not exact and allowed is None and len(self._segments) == 1:
+            only = self._segments[0]
+            if only.graph is not None and only.dead_count == 0 and only.count >= brute_force_max:
+                return self._search_one_graph(only, query, k, max(ef_search, k))
         graph_query = self._graph_query(query)
         exact_query: FloatArray | None = None  # Normalized for cosine, on first use.
         hits: list[Hit] = []
@@ -638,6 +646,17 @@ class VectorIndex:
             return self._search_fallback(segment, query, k, allowed, accepted)
         keys = self._slot_keys.take(labels[0].astype(np.intp))
         return list(zip(found[0].tolist(), keys.tolist(), strict=True))
+
+    def _search_one_graph(
+        self, segment: Segment, query: FloatArray, k: int, ef: int
+    ) -> list[tuple[int, float]]:
+        """The common case of `search`, kept lean: one graph, no tombstones, no filter."""
+        segment.use_ef(ef)
+        labels, found = segment.graph.knn_query(self._graph_query(query), k=min(k, segment.count))
+        keys = self._slot_keys.take(labels[0].astype(np.intp)).tolist()
+        pairs = list(zip(keys, found[0].tolist(), strict=True))
+        pairs.sort(key=_distance_then_key)  # hnswlib sorts by distance; ties go by key.
+        return pairs
 
     def _accept_allowed(
         self, allowed: Callable[[int], bool], accepted: list[int]
