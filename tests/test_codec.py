@@ -188,3 +188,46 @@ def test_vectors_travel_as_exact_float32() -> None:
     node = InsertNode("L", vector=vector_to_bytes(vector))
     decoded = codec.decode(codec.encode(node))
     assert decoded.vector == vector.tobytes()
+
+
+def test_plain_spells_out_every_field_so_digests_see_every_change() -> None:
+    import attrs
+
+    from memora.core.state import version_digest
+
+    stamp = Stamp(3, 1_000, "alice", "s1")
+    node = Node(
+        "main",
+        7,
+        2,
+        "Person",
+        "bob",
+        {"a": [1, {"b": 2}]},
+        "text",
+        vector_to_bytes([1.0, 2.0]),
+        Provenance("chat", 0.5, 1, 2),
+        stamp,
+        stamp,
+    )
+    spelled = codec.plain(node)
+    assert spelled[0] == codec._TAG_OF_CLASS[Node] and len(spelled) == 1 + 12
+    assert spelled[9] == [codec._TAG_OF_CLASS[Provenance], "chat", 0.5, 1, 2]
+    changed = {
+        "namespace": "other",
+        "id": 8,
+        "version": 3,
+        "label": "P",
+        "name": None,
+        "properties": {"a": [1, {"b": 3}]},
+        "text": "x",
+        "vector": vector_to_bytes([1.0, 2.5]),
+        "provenance": Provenance("chat", 0.6, 1, 2),
+        "created": Stamp(3, 1_000, "eve", "s1"),
+        "updated": Stamp(4, 1_000, "alice", "s1"),
+        "deleted": True,
+    }
+    assert set(changed) == {field.name for field in attrs.fields(Node)}
+    digests = {
+        version_digest(attrs.evolve(node, **{name: value})) for name, value in changed.items()
+    }
+    assert version_digest(node) not in digests and len(digests) == len(changed)

@@ -162,6 +162,19 @@ def encode(value: Any) -> bytes:
     return cbor2.dumps(value, default=_encode_default)
 
 
+def plain(value: Any) -> Any:
+    """A model value as plain CBOR data: each tagged class becomes [tag, field, ...], recursively.
+
+    Encoding this needs no Python callback per nested object, which makes it the cheap way to
+    digest records (see `memora.core.state.version_digest`).
+    """
+    found = _ENCODERS.get(type(value))
+    if found is None:
+        return value
+    tag, fields = found
+    return [tag, *[plain(field) for field in fields(value)]]
+
+
 def encode_canonical(value: Any) -> bytes:
     """Encode with sorted map keys and shortest floats, for hashing logical state."""
     return cbor2.dumps(value, default=_encode_default, canonical=True)

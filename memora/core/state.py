@@ -22,7 +22,7 @@ from typing import Any, Final
 import attrs
 
 from memora.core import constants, queries, validate
-from memora.core.codec import encode_canonical
+from memora.core.codec import encode_canonical, plain
 from memora.core.errors import (
     ConflictError,
     LimitError,
@@ -62,7 +62,7 @@ CLEARABLE_NODE_FIELDS: Final = ("name", "text", "vector")
 
 def version_digest(record: object) -> int:
     """The digest of one record version, as an integer to be summed into the state hash."""
-    return int.from_bytes(hashlib.sha256(encode_canonical(record)).digest(), "big")
+    return int.from_bytes(hashlib.sha256(encode_canonical(plain(record))).digest(), "big")
 
 
 def _new_id(next_id: int, explicit: object) -> int:
