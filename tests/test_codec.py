@@ -144,7 +144,7 @@ records = st.one_of(
 
 @given(entries)
 def test_entries_round_trip(entry: Entry) -> None:
-    assert codec.decode_entry(codec.encode(entry)) == entry
+    assert codec.decode(codec.encode(entry)) == entry
 
 
 @given(records)
@@ -177,7 +177,7 @@ def test_a_cut_frame_is_short() -> None:
 def test_garbage_is_a_codec_error_not_a_crash() -> None:
     for garbage in [b"\xff\xff", b"\xd9\x9c\x41\x81\x01", codec.encode([1, 2]), b""]:
         try:
-            codec.decode_entry(garbage)
+            codec.decode_proposal(garbage)
         except codec.CodecError:
             continue
         raise AssertionError(f"{garbage!r} decoded")

@@ -190,10 +190,11 @@ def decode(data: bytes) -> Any:
         raise CodecError(f"undecodable CBOR: {error}") from error
 
 
-def decode_entry(data: bytes) -> Entry:
+def decode_proposal(data: bytes) -> Proposal:
+    """Decode what a NORMAL Raft entry carries, or raise CodecError."""
     value = decode(data)
-    if not isinstance(value, Entry):
-        raise CodecError(f"expected an Entry, found {type(value).__name__}")
+    if not isinstance(value, Proposal):
+        raise CodecError(f"expected a Proposal, found {type(value).__name__}")
     return value
 
 

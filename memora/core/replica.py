@@ -18,7 +18,7 @@ from typing import Final
 import attrs
 
 from memora.core import constants, snapshot, validate
-from memora.core.codec import decode, encode, encode_canonical
+from memora.core.codec import decode, decode_proposal, encode, encode_canonical
 from memora.core.errors import CodecError, ConflictError, MemoraError, ValidationError
 from memora.core.raft.types import EntryKind, LogEntry
 from memora.core.state import StateMachine
@@ -97,10 +97,8 @@ class Replica:
             self.machine.skip(entry.index)
             return None
         try:
-            proposal = decode(entry.data)
+            proposal = decode_proposal(entry.data)
         except CodecError:
-            proposal = None
-        if not isinstance(proposal, Proposal):
             # Only this replica's service proposes, so this is a bug or a damaged log that passed
             # its CRC: refuse it in the same way everywhere rather than crash every replica.
             self.machine.skip(entry.index)

@@ -64,8 +64,6 @@ from memora.service.local_node import LocalNode
 
 logger = logging.getLogger(__name__)
 
-TERM_SINGLE_NODE = 1  # Until Raft arrives, every entry is written in term 1.
-
 
 class StoreClosedError(MemoraError):
     code = "closed"
