@@ -118,6 +118,20 @@ class Replica:
         )
         return parts
 
+    def snapshot_data(self) -> bytes:
+        """The snapshot as the one blob Raft stores and streams: a CBOR map of named parts."""
+        return encode(self.snapshot_parts())
+
+    @classmethod
+    def from_snapshot_data(cls, data: bytes) -> Replica:
+        """The replica `snapshot_data()` describes. Raises `CodecError` on malformed data."""
+        parts = decode(data)
+        if not isinstance(parts, dict) or not all(
+            isinstance(name, str) and isinstance(part, bytes) for name, part in parts.items()
+        ):
+            raise CodecError("a snapshot's data is not a map of named parts")
+        return cls.restore(parts)
+
     @classmethod
     def restore(cls, parts: dict[str, bytes]) -> Replica:
         machine = snapshot.restore(parts)

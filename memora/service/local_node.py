@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 
-from memora.core import codec
 from memora.core.errors import CodecError
 from memora.core.prng import Prng
 from memora.core.raft import Configuration, RaftNode, Ready, Role, Snapshot
@@ -48,7 +47,7 @@ class LocalNode:
         replica = Replica()
         latest = storage.latest_snapshot()
         if latest is not None:
-            replica = Replica.restore(decode_parts(latest[1]))
+            replica = Replica.from_snapshot_data(latest[1])
             assert replica.applied_index == meta.index, (replica.applied_index, meta.index)
         node = RaftNode(
             LOCAL_NODE_ID,
@@ -76,11 +75,11 @@ class LocalNode:
         """Snapshot the replica at its applied index and let the log before it go."""
         with self._drive_lock:
             with self.apply_lock:
-                parts = self.replica.snapshot_parts()
+                data = self.replica.snapshot_data()
                 index = self.replica.applied_index
             with self._node_lock:
                 meta = self._node.compact(index)
-            self.storage.compact(Snapshot(meta, encode_parts(parts)))
+            self.storage.compact(Snapshot(meta, data))
             return index
 
     def close(self) -> None:
@@ -112,7 +111,7 @@ class LocalNode:
         self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
         with self.apply_lock:
             if ready.snapshot is not None:
-                self.replica = Replica.restore(decode_parts(ready.snapshot.data))
+                self.replica = Replica.from_snapshot_data(ready.snapshot.data)
             for entry in ready.committed:
                 reply = self.replica.apply(entry)
                 if reply is not None:
@@ -132,17 +131,3 @@ def _open_storage(data_dir: str) -> FileStorage:
             "open it with `memora serve`, not as an embedded store"
         )
     return storage
-
-
-def encode_parts(parts: dict[str, bytes]) -> bytes:
-    """The replica's snapshot parts as one blob: Raft streams a snapshot as opaque bytes."""
-    return codec.encode(parts)
-
-
-def decode_parts(data: bytes) -> dict[str, bytes]:
-    parts = codec.decode(data)
-    if not isinstance(parts, dict) or not all(
-        isinstance(name, str) and isinstance(part, bytes) for name, part in parts.items()
-    ):
-        raise CodecError("a snapshot's data is not a map of named parts")
-    return parts
