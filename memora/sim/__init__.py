@@ -1,0 +1,1 @@
+"""The deterministic simulator: simulated clock, network and disk, workloads, and checkers."""
