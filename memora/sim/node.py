@@ -219,10 +219,13 @@ class SimNode:
                 continue
             self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
             self.saving = True
-            incarnation = self.incarnation
-            self.world.loop.after(
-                self.world.disk_latency_us(), lambda: self._on_synced(incarnation, ready)
-            )
+            self._await_sync(ready)
+            return
+
+    def _await_sync(self, ready: Ready) -> None:
+        incarnation = self.incarnation
+        delay = self.world.disk_latency_us()
+        self.world.loop.after(delay, lambda: self._on_synced(incarnation, ready))
 
     def _on_synced(self, incarnation: int, ready: Ready) -> None:
         if not self._live(incarnation):
