@@ -13,6 +13,7 @@ from memora.core import codec
 from memora.core.codec import FrameStatus
 from memora.core.types import (
     AddObservation,
+    Applied,
     Batch,
     CreateNamespace,
     DeleteEdge,
@@ -231,3 +232,9 @@ def test_plain_spells_out_every_field_so_digests_see_every_change() -> None:
         version_digest(attrs.evolve(node, **{name: value})) for name, value in changed.items()
     }
     assert version_digest(node) not in digests and len(digests) == len(changed)
+
+
+def test_a_batch_reply_round_trips_equal() -> None:
+    """A cached batch reply restored from a snapshot must equal the live one (tuple, not list)."""
+    reply = Applied(7, (1, "two"))
+    assert codec.decode(codec.encode(reply)) == reply

@@ -305,12 +305,20 @@ class Proposal:
 # Results of apply, and of queries.
 
 
+def _tuple_if_list(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 @attrs.frozen
 class Applied:
-    """A command took effect. `value` is the record written (a tuple of them for a batch)."""
+    """A command took effect. `value` is the record written (a tuple of them for a batch).
+
+    A list becomes a tuple, so that a batch's reply decoded from CBOR (a cached reply in a
+    restored client table) equals the one the state machine returned.
+    """
 
     index: int
-    value: Any
+    value: Any = attrs.field(converter=_tuple_if_list)
 
 
 @attrs.frozen

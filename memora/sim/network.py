@@ -67,13 +67,18 @@ class Network:
         self._clogged_until[(source, target)] = until_us
         self.faults["clog"] += 1
 
-    def make_healthy(self, nodes: Iterable[int]) -> None:
+    def make_healthy(self, nodes: Iterable[int], others: Iterable[int] = ()) -> None:
         """From now on, paths among `nodes` (and between them and clients) lose nothing, duplicate
-        nothing and are never cut: the liveness phase's healed core."""
+        nothing and are never cut: the liveness phase's healed core. Paths between the core and
+        `others` are cut both ways, so the core must make progress on its own."""
         self._healthy = frozenset(nodes)
+        outside = list(others)
         self._blocked = {
             (a, b) for a, b in self._blocked if not (a in self._healthy and b in self._healthy)
         }
+        for inside in self._healthy:
+            for other in outside:
+                self._blocked.update(((inside, other), (other, inside)))
         self._clogged_until.clear()
 
     # -- Sending. -------------------------------------------------------------------------------

@@ -160,11 +160,11 @@ def _disk(draw: SimRandom, replicas: int) -> DiskParams:
 def _process(draw: SimRandom) -> ProcessParams:
     restart_min = draw.randint(10, 500) * MS
     return ProcessParams(
-        crash_per_second=_maybe(draw, 0.7, 0.05, 1.0),
+        crash_per_second=_maybe(draw, 0.7, 0.02, 0.3),
         crash_pending_factor=draw.between(1.0, 4.0),
         restart_min_us=restart_min,
         restart_max_us=restart_min + draw.randint(0, 2_000) * MS,
-        pause_per_second=_maybe(draw, 0.4, 0.05, 0.5),
+        pause_per_second=_maybe(draw, 0.4, 0.02, 0.3),
         pause_max_us=draw.randint(50, 1_000) * MS,
         cluster_restart=draw.chance(0.2),
         wipe_rejoin=draw.chance(0.3),
@@ -184,11 +184,11 @@ def _clock(draw: SimRandom, lease_reads: bool) -> ClockParams:
 
 
 def _workload(draw: SimRandom, lease_reads: bool) -> WorkloadParams:
-    think_min = draw.randint(1, 20) * MS
+    think_min = draw.randint(0, 10) * MS
     return WorkloadParams(
-        clients=draw.randint(1, 6),
+        clients=draw.randint(2, 8),
         think_min_us=think_min,
-        think_max_us=think_min + draw.randint(0, 100) * MS,
+        think_max_us=think_min + draw.randint(1, 40) * MS,
         request_timeout_us=draw.randint(200, 1_500) * MS,
         read_fraction=draw.between(0.2, 0.6),
         lease_reads=lease_reads,

@@ -200,7 +200,8 @@ class World:
         core = self._choose_core()
         self._core = core
         self.trace(f"heal:{core}")
-        self.network.make_healthy(core)
+        others = [node_id for node_id in self.nodes if node_id not in core]
+        self.network.make_healthy(core, others)
         for node_id in core:
             node = self.nodes[node_id]
             if not node.up:
