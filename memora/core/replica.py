@@ -8,6 +8,9 @@ Rules: everything is a pure function of the committed log. Applied timestamps ne
 a proposal stamped by a leader whose clock is behind is applied at the last applied timestamp.
 The client table is bounded; when full, the client seen least recently (ties by id) is forgotten
 first, the same one on every replica. Nothing here does I/O or reads a clock.
+
+`injected_bugs` is for the simulator alone: with `InjectedBug.SESSION_DEDUP_OFF` a retried
+command applies again. Every other caller leaves it empty.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import attrs
 from memora.core import constants, snapshot, validate
 from memora.core.codec import decode, decode_proposal, encode, encode_canonical
 from memora.core.errors import CodecError, ConflictError, MemoraError, ValidationError
-from memora.core.raft.types import EntryKind, LogEntry
+from memora.core.raft.types import EntryKind, InjectedBug, LogEntry
 from memora.core.state import StateMachine
 from memora.core.types import Applied, Entry, ExpireClients, Proposal, Rejected, Result
 
@@ -82,9 +85,17 @@ class ClientTable:
 class Replica:
     """A state machine and its client table, applying what Raft commits, in log order."""
 
-    def __init__(self, machine: StateMachine | None = None, clients: ClientTable | None = None):
+    def __init__(
+        self,
+        machine: StateMachine | None = None,
+        clients: ClientTable | None = None,
+        *,
+        injected_bugs: frozenset[InjectedBug] = frozenset(),
+    ) -> None:
         self.machine = machine if machine is not None else StateMachine()
         self.clients = clients if clients is not None else ClientTable()
+        assert all(isinstance(bug, InjectedBug) for bug in injected_bugs), injected_bugs
+        self.injected_bugs = injected_bugs
 
     @property
     def applied_index(self) -> int:
@@ -123,17 +134,21 @@ class Replica:
         return encode(self.snapshot_parts())
 
     @classmethod
-    def from_snapshot_data(cls, data: bytes) -> Replica:
+    def from_snapshot_data(
+        cls, data: bytes, *, injected_bugs: frozenset[InjectedBug] = frozenset()
+    ) -> Replica:
         """The replica `snapshot_data()` describes. Raises `CodecError` on malformed data."""
         parts = decode(data)
         if not isinstance(parts, dict) or not all(
             isinstance(name, str) and isinstance(part, bytes) for name, part in parts.items()
         ):
             raise CodecError("a snapshot's data is not a map of named parts")
-        return cls.restore(parts)
+        return cls.restore(parts, injected_bugs=injected_bugs)
 
     @classmethod
-    def restore(cls, parts: dict[str, bytes]) -> Replica:
+    def restore(
+        cls, parts: dict[str, bytes], *, injected_bugs: frozenset[InjectedBug] = frozenset()
+    ) -> Replica:
         machine = snapshot.restore(parts)
         records = decode(parts.get(CLIENTS_PART, encode([])))
         if not isinstance(records, list):
@@ -144,7 +159,7 @@ class Replica:
                 raise CodecError("a client record in the snapshot is malformed")
             client_id, sequence, reply, last_seen_ms = item
             table[client_id] = ClientRecord(sequence, reply, last_seen_ms)
-        return cls(machine, ClientTable(table))
+        return cls(machine, ClientTable(table), injected_bugs=injected_bugs)
 
     def _check_client(self, index: int, client_id: object, sequence: object) -> Result | None:
         """A reply that settles the command without applying it: bad session fields, or a
@@ -156,6 +171,8 @@ class Replica:
         except MemoraError as error:
             return Rejected(index, error)
         assert isinstance(client_id, str) and isinstance(sequence, int)
+        if InjectedBug.SESSION_DEDUP_OFF in self.injected_bugs:
+            return None  # Every command looks new: a retry applies a second time.
         return self.clients.duplicate_reply(index, client_id, sequence)
 
     def _apply_proposal(self, entry: LogEntry, proposal: Proposal) -> Result:

@@ -9,7 +9,9 @@ who may truncate what, and when, is decided by the node. Nothing here does I/O o
 Invariants (checked by `invariants()`):
     snapshot_index <= committed <= last_index, applied <= committed,
     snapshot_index <= stable_index <= last_index,
-    entry i of the list has index snapshot_index + 1 + i.
+    entry i of the list has index snapshot_index + 1 + i,
+    the first entry's term is at least the snapshot's (unless `check_term_order` is off: only
+    for the injected bugs that leave stale, lower-term entries behind on purpose).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class RaftLog:
     __slots__ = (
         "_entries",
         "applied",
+        "check_term_order",
         "committed",
         "pending_snapshot",
         "snapshot_index",
@@ -31,8 +34,14 @@ class RaftLog:
     )
 
     def __init__(
-        self, snapshot_meta: SnapshotMeta, entries: Sequence[LogEntry], commit: int
+        self,
+        snapshot_meta: SnapshotMeta,
+        entries: Sequence[LogEntry],
+        commit: int,
+        *,
+        check_term_order: bool = True,
     ) -> None:
+        self.check_term_order = check_term_order
         self.snapshot_index = snapshot_meta.index
         self.snapshot_term = snapshot_meta.term
         self._entries = list(entries)
@@ -139,6 +148,22 @@ class RaftLog:
         self.stable_index = min(self.stable_index, first - 1)
         self.append(entries)
 
+    def overwrite(self, entries: Sequence[LogEntry]) -> None:
+        """Write `entries` over the log from entries[0].index on, keeping what lies beyond them.
+
+        Only for `InjectedBug.NO_TRUNCATE_CONFLICT`: a correct follower truncates that suffix.
+        Everything from entries[0] on becomes unstable, the kept suffix included, so the driver
+        persists the log exactly as it is held here.
+        """
+        if not entries:
+            return
+        first = entries[0].index
+        assert self.committed < first <= self.last_index() + 1, (self.committed, first)
+        offset = first - self.snapshot_index - 1
+        self._entries[offset : offset + len(entries)] = entries
+        self.stable_index = min(self.stable_index, first - 1)
+        self._check_contiguous(self._entries, self.snapshot_index + 1)
+
     def commit_to(self, index: int) -> bool:
         """Raise the commit index (never lower it). Returns whether it moved."""
         if index <= self.committed:
@@ -192,4 +217,5 @@ class RaftLog:
         assert self.pending_snapshot is None or self.pending_snapshot.meta.index <= self.committed
         if self._entries:
             assert self._entries[0].index == self.snapshot_index + 1
-            assert self._entries[0].term >= self.snapshot_term
+            if self.check_term_order:
+                assert self._entries[0].term >= self.snapshot_term

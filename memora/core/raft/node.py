@@ -12,10 +12,14 @@ Each role has its own step and tick functions, swapped by `_become_follower`,
 with `invariants()`. Bad input from a peer is rejected and counted in `counters`, never asserted;
 bad input from a local caller raises a typed error (`NotLeaderError`, `ProposalDroppedError`,
 `ConfigurationChangeError`, `LimitError`).
+
+`RaftOptions.injected_bugs` plants known bugs for the simulator (see `InjectedBug`); only the
+simulator sets it. Each bug is a small branch marked `if InjectedBug.X in ...injected_bugs:`.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
@@ -37,6 +41,7 @@ from memora.core.raft.types import (
     HardState,
     HeartbeatRequest,
     HeartbeatResponse,
+    InjectedBug,
     LogEntry,
     Message,
     NotLeaderError,
@@ -171,7 +176,22 @@ def message_rejection(message: Message, node_id: int) -> str | None:
     return None
 
 
+def _configurations_in(entries: Sequence[LogEntry]) -> list[tuple[int, Configuration]]:
+    """(index, configuration) of every configuration entry among `entries`, in order."""
+    return [
+        (entry.index, configuration_of(entry))
+        for entry in entries
+        if entry.kind is EntryKind.CONFIGURATION
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+# Injected bugs that leave entries of a lower term after a higher one in a log, on purpose.
+_BUGS_BREAKING_TERM_ORDER = frozenset(
+    {InjectedBug.NO_TRUNCATE_CONFLICT, InjectedBug.SNAPSHOT_KEEPS_LOG}
+)
 
 
 class RaftNode:
@@ -196,7 +216,12 @@ class RaftNode:
         self._snapshot_source = snapshot_source
         self.term = hard_state.term
         self.vote = hard_state.vote
-        self.log = RaftLog(snapshot_meta, entries, hard_state.commit)
+        self.log = RaftLog(
+            snapshot_meta,
+            entries,
+            hard_state.commit,
+            check_term_order=not self.options.injected_bugs & _BUGS_BREAKING_TERM_ORDER,
+        )
         self._configurations: list[tuple[int, Configuration]] = [
             (snapshot_meta.index, snapshot_meta.configuration)
         ]
@@ -303,9 +328,12 @@ class RaftNode:
         """Everything to persist, send and apply now, as one value. See `Ready` for the order."""
         assert self._ready_outstanding is None, "advance() the previous Ready first"
         self._flush_broadcast()
-        hard_state = self.hard_state()
+        hard_state = persisted = self.hard_state()
+        if InjectedBug.VOTE_NOT_PERSISTED in self.options.injected_bugs:
+            # The vote stays in memory but never reaches the disk: a restart forgets it.
+            persisted = attrs.evolve(hard_state, vote=None)
         ready = Ready(
-            hard_state=None if hard_state == self._saved_hard_state else hard_state,
+            hard_state=None if hard_state == self._saved_hard_state else persisted,
             snapshot=self.log.pending_snapshot,
             entries=self.log.unstable_entries(),
             messages=tuple(self._outbox),
@@ -326,14 +354,29 @@ class RaftNode:
         self._ready_outstanding = None
         if ready.snapshot is not None:
             self.log.snapshot_persisted(ready.snapshot)
-        # Entries replaced since ready() are not stable: persist the log from the first one.
-        for entry in reversed(ready.entries):
-            if self.log.matches(entry.index, entry.term):
-                self.log.stable_to(entry.index, entry.term)
-                break
+        self._mark_stable(ready.entries)
         if ready.committed:
             self.log.applied_to(max(self.log.applied, ready.committed[-1].index))
         self.invariants()
+
+    def _mark_stable(self, entries: Sequence[LogEntry]) -> None:
+        """The driver persisted `entries`. Those replaced since ready() are not stable: the next
+        Ready persists the log again from the first of them."""
+        bugs = self.options.injected_bugs
+        if InjectedBug.SNAPSHOT_KEEPS_LOG in bugs and self.log.pending_snapshot is not None:
+            # Entries kept after a snapshot that is still to be persisted must be written again
+            # after it (persisting the snapshot replaces the whole log on disk).
+            return
+        if InjectedBug.NO_TRUNCATE_CONFLICT in bugs:
+            # An overwrite keeps the old suffix, so a matching last entry no longer vouches for
+            # the ones before it: only the prefix that still matches is stable.
+            entries = list(
+                itertools.takewhile(lambda e: self.log.matches(e.index, e.term), entries)
+            )
+        for entry in reversed(entries):
+            if self.log.matches(entry.index, entry.term):
+                self.log.stable_to(entry.index, entry.term)
+                break
 
     def compact(self, index: int) -> SnapshotMeta:
         """The driver snapshotted the state machine at `index`: forget the log up to there.
@@ -701,6 +744,13 @@ class RaftNode:
         """Truncate from entries[0] on (uncommitted only) and append; configurations follow."""
         first = entries[0].index
         assert first > self.log.committed, (first, self.log.committed)
+        if InjectedBug.NO_TRUNCATE_CONFLICT in self.options.injected_bugs:
+            # Overwrite the conflicting entries, but leave the old suffix beyond them in place.
+            self.counters["log_truncations"] += int(first <= self.log.last_index())
+            self.log.overwrite(entries)
+            kept = [pair for pair in self._configurations if pair[0] < first]
+            self._configurations = kept + _configurations_in(self.log.entries_after(first - 1))
+            return
         if first <= self.log.last_index():
             self.counters["log_truncations"] += 1
             while self._configurations[-1][0] >= first:
@@ -753,8 +803,14 @@ class RaftNode:
             self._respond_append(leader, meta.index)
         else:
             self.counters["snapshots_installed"] += 1
+            kept: list[LogEntry] = []
+            if InjectedBug.SNAPSHOT_KEEPS_LOG in self.options.injected_bugs:
+                # Keep our entries after the snapshot, conflicting or not. They follow the
+                # snapshot in the next Ready, so the disk holds the same log as memory.
+                kept = self.log.entries_after(min(meta.index, self.log.last_index()))
             self.log.restore(snapshot)
-            self._configurations = [(meta.index, meta.configuration)]
+            self.log.append(kept)
+            self._configurations = [(meta.index, meta.configuration), *_configurations_in(kept)]
             self._respond_append(leader, meta.index)
 
     # -- Candidates. --------------------------------------------------------------------------
@@ -874,20 +930,22 @@ class RaftNode:
         matches = sorted((self._progress[voter].match for voter in voters), reverse=True)
         candidate = matches[self.configuration.quorum() - 1]
         # Only an entry of the current term is committed by counting replicas (Figure 8).
-        if candidate > self.log.committed and self.log.term_at(candidate) == self.term:
+        countable = self.log.term_at(candidate) == self.term
+        if InjectedBug.COMMIT_EARLIER_TERM in self.options.injected_bugs:
+            countable = True  # Any term will do: Figure 8's overwritten "committed" entry.
+        if candidate > self.log.committed and countable:
             previous = self.log.committed
             self.log.commit_to(candidate)
             self._on_commit_advanced(previous)
 
     def _on_commit_advanced(self, previous: int) -> None:
-        first_in_term = self.log.term_at(previous) != self.term
         for index in range(previous + 1, self.log.committed + 1):
             entry = self.log.entry(index)
             if entry.term == self.term:
                 self._uncommitted_bytes -= entry.size_bytes()
         assert self._uncommitted_bytes >= 0, self._uncommitted_bytes
         self._broadcast_pending = True
-        if first_in_term:
+        if self._reads_awaiting_commit and self._committed_in_current_term():
             awaiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for read in awaiting:
                 self._serve_read(read)
@@ -1133,6 +1191,10 @@ class RaftNode:
 
     def _serve_read(self, read: _PendingRead) -> None:
         read = attrs.evolve(read, index=self.log.committed)
+        if InjectedBug.STALE_LEADER_READS in self.options.injected_bugs:
+            # No heartbeat round: a leader deposed without knowing it answers from old state.
+            self._release_read(read)
+            return
         if self.configuration.voters == (self.node_id,) or (read.lease and self._lease_valid()):
             self._release_read(read)
             return

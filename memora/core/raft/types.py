@@ -369,9 +369,36 @@ class Ready:
         )
 
 
+class InjectedBug(enum.Enum):
+    """A known Raft (or session) bug that the simulator can plant, to prove its checkers find it.
+
+    Only the simulator sets these (`--inject-bug NAME`, the values are the names); every other
+    driver runs with none. Each bug lives in one small branch marked
+    `if InjectedBug.X in ...injected_bugs:`, and the invariants a bug breaks on purpose are
+    skipped while it is on, so that the simulator's checkers, not an AssertionError inside the
+    node, are what catches it.
+    """
+
+    # The vote is not persisted: Ready carries vote=None, so a restarted node votes again.
+    VOTE_NOT_PERSISTED = "vote-not-persisted"
+    # A leader commits an entry of an earlier term by counting replicas (no Figure 8 rule).
+    COMMIT_EARLIER_TERM = "commit-earlier-term"
+    # A follower overwrites conflicting entries but keeps the old suffix beyond the new ones.
+    NO_TRUNCATE_CONFLICT = "no-truncate-conflict"
+    # A leader answers read_index at once, without a heartbeat round confirming its leadership.
+    STALE_LEADER_READS = "stale-leader-reads"
+    # Installing a leader's snapshot keeps the follower's (conflicting) entries after it.
+    SNAPSHOT_KEEPS_LOG = "snapshot-keeps-log"
+    # The replica does not deduplicate client sessions: a retried command applies again.
+    SESSION_DEDUP_OFF = "session-dedup-off"
+
+
 @attrs.frozen
 class RaftOptions:
-    """Per-node settings. Every node of a cluster must run with the same ones."""
+    """Per-node settings. Every node of a cluster must run with the same ones.
+
+    `injected_bugs` is for the simulator alone; it is empty everywhere else.
+    """
 
     pre_vote: bool = True
     check_quorum: bool = True
@@ -383,6 +410,7 @@ class RaftOptions:
     inflight_messages_max: int = constants.raft_inflight_messages_max
     inflight_bytes_max: int = constants.raft_inflight_bytes_max
     snapshot_chunk_bytes: int = constants.raft_snapshot_chunk_bytes
+    injected_bugs: frozenset[InjectedBug] = frozenset()
 
     def __attrs_post_init__(self) -> None:
         assert 0 < self.heartbeat_interval_ticks < self.election_timeout_ticks_min
@@ -392,6 +420,8 @@ class RaftOptions:
         assert 0 < self.inflight_messages_max <= constants.raft_inflight_messages_max
         assert 0 < self.inflight_bytes_max <= constants.raft_inflight_bytes_max
         assert 0 < self.snapshot_chunk_bytes <= constants.raft_snapshot_chunk_bytes
+        assert type(self.injected_bugs) is frozenset, type(self.injected_bugs)
+        assert all(isinstance(bug, InjectedBug) for bug in self.injected_bugs)
 
 
 # ---------------------------------------------------------------------------------------------
