@@ -11,32 +11,15 @@ import argparse
 import multiprocessing
 import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Sequence
 
 from memora.core.raft import InjectedBug
 from memora.sim.params import SECOND, SimParams
-from memora.sim.world import RunResult, World
+from memora.sim.run import RunResult, reproduce_command, run_seed, sweep_one
 
 EXIT_CODES = {"ok": 0, "correctness": 1, "liveness": 3, "crash": 4}
 SEVERITY = ("correctness", "liveness", "crash")
-
-
-def run_seed(seed: int, bugs: frozenset[InjectedBug] = frozenset()) -> RunResult:
-    """Run one seed to the end; exceptions from the code under test become a `crash` result."""
-    params = SimParams.from_seed(seed, bugs)
-    world = World(params)
-    try:
-        return world.run()
-    except Exception:
-        result = world._result("crash", traceback.format_exc())
-        return result
-
-
-def reproduce_command(seed: int, bugs: frozenset[InjectedBug]) -> str:
-    flags = "".join(f" --inject-bug {bug.value}" for bug in sorted(bugs, key=lambda b: b.value))
-    return f"python -m memora.sim --seed {seed}{flags}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,12 +79,6 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}={count}" for name, count in counts.items()) or "none"
 
 
-def _sweep_one(task: tuple[int, frozenset[InjectedBug]]) -> tuple[RunResult, float]:
-    started = time.perf_counter()
-    result = run_seed(*task)
-    return result, time.perf_counter() - started
-
-
 def _sweep(seeds: range, jobs: int, bugs: frozenset[InjectedBug]) -> int:
     tasks = [(seed, bugs) for seed in seeds]
     faults: Counter[str] = Counter()
@@ -111,7 +88,7 @@ def _sweep(seeds: range, jobs: int, bugs: frozenset[InjectedBug]) -> int:
     busy_s = 0.0
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        for done, (result, elapsed) in enumerate(pool.imap_unordered(_sweep_one, tasks), 1):
+        for done, (result, elapsed) in enumerate(pool.imap_unordered(sweep_one, tasks), 1):
             faults.update(result.faults)
             committed += result.committed
             events += result.events

@@ -102,7 +102,7 @@ class SimNode:
         self.saving = False
         self._pending_writes: dict[int, tuple[int, int, bytes]] = {}
         self._pending_reads: dict[int, tuple[int, ReadRequest]] = {}
-        self._safe_reads: list[tuple[int, int]] = []  # (index, read id) awaiting the apply.
+        self._safe_reads: dict[int, int] = {}  # Read id -> the index its answer awaits.
         self._next_read_id = 1
         self.world.checker.on_start(self)
         self._schedule_tick()
@@ -252,8 +252,9 @@ class SimNode:
             self.world.checker.on_apply(self, entry, result)
             self._answer_write(entry.index, entry.data, result)
         for read in ready.reads:
+            # A duplicated ReadIndex response may release the same read twice: keep the first.
             if read.request_id in self._pending_reads:
-                self._safe_reads.append((read.index, read.request_id))
+                self._safe_reads.setdefault(read.request_id, read.index)
         self.raft.advance(ready)
         self.world.checker.after_ready(self)
         self._serve_reads()
@@ -273,18 +274,15 @@ class SimNode:
 
     def _serve_reads(self) -> None:
         applied = self.replica.applied_index
-        waiting = []
-        for index, read_id in self._safe_reads:
-            if index > applied:
-                waiting.append((index, read_id))
-                continue
+        ready = [read_id for read_id, index in self._safe_reads.items() if index <= applied]
+        for read_id in ready:
+            del self._safe_reads[read_id]
             client, request = self._pending_reads.pop(read_id)
             back = request.query.as_of_back
             as_of = None if back is None else max(1, applied - back)
             value = run_query(self.replica, request.query, as_of)
             self.world.checker.on_read(self, request.query, applied, as_of, value)
             self._reply(client, Reply(request.request_id, "ok", value, applied, as_of))
-        self._safe_reads = waiting
 
     def _maybe_compact(self) -> None:
         applied = self.replica.applied_index

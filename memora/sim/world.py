@@ -144,12 +144,12 @@ class World:
             self._liveness_phase()
             self._final_checks()
         except Violation as violation:
-            return self._result("correctness", str(violation))
+            return self.result("correctness", str(violation))
         except LivenessFailure as failure:
-            return self._result("liveness", str(failure))
-        return self._result("ok", "")
+            return self.result("liveness", str(failure))
+        return self.result("ok", "")
 
-    def _result(self, status: str, message: str) -> RunResult:
+    def result(self, status: str, message: str) -> RunResult:
         faults = Counter(self.faults)
         faults.update(self.network.faults)
         for node in self.nodes.values():
