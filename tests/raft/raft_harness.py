@@ -4,7 +4,8 @@
 entries), then queue the messages, then restore and apply, then advance. The "state machine" of a
 node is the list of NORMAL entry payloads it applied, and its snapshot is that list encoded. Links
 can be cut (`partition`, `isolate`) and messages filtered (`drop`), and any node can be restarted
-from its storage (`restart`), which is how a crash looks to Raft.
+from its storage (`restart`), which is how a crash looks to Raft. `lose_entries` plays a disk that
+lost entries it had acknowledged, for Raft's recovering mode.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Cluster:
 
     # -- Nodes. -------------------------------------------------------------------------------
 
-    def _start(self, node_id: int) -> None:
+    def _start(self, node_id: int, recovering_to: int | None = None) -> None:
         storage = self.storages[node_id]
         hard_state, configuration, meta, entries = storage.initial_state()
         self.nodes[node_id] = RaftNode(
@@ -101,6 +102,7 @@ class Cluster:
             prng=self.prng.fork(),
             options=self.options,
             snapshot_source=storage,
+            recovering_to=recovering_to,
         )
         latest = storage.latest_snapshot()
         self.states[node_id] = [] if latest is None else list(cbor2.loads(latest[1]))
@@ -115,10 +117,28 @@ class Cluster:
         self._start(node_id)
         return self.nodes[node_id]
 
-    def restart(self, node_id: int) -> RaftNode:
+    def restart(self, node_id: int, *, recovering_to: int | None = None) -> RaftNode:
         """Crash and restart: everything not in storage is lost (messages to it stay queued)."""
-        self._start(node_id)
+        self._start(node_id, recovering_to)
         return self.nodes[node_id]
+
+    def lose_entries(self, node_id: int, first_index: int) -> int:
+        """The node's disk loses its entries from `first_index` on, though they were durable.
+
+        Its commit index is cut back to what is left, as a driver would after such a loss.
+        Returns the last index it had made durable before (its `recovering_to`). The node must
+        be restarted afterwards.
+        """
+        storage = self.storages[node_id]
+        assert storage.latest_snapshot() is None, "only a log that was never compacted"
+        hard_state, _, meta, entries = storage.initial_state()
+        last_durable = storage.last_index()
+        assert meta.index < first_index <= last_durable, (meta.index, first_index)
+        kept = [entry for entry in entries if entry.index < first_index]
+        commit = min(hard_state.commit, first_index - 1)
+        lost = MemoryStorage(HardState(hard_state.term, hard_state.vote, commit), meta, kept)
+        self.storages[node_id] = lost
+        return last_durable
 
     def restart_all(self) -> None:
         self.queue = []

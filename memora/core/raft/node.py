@@ -195,7 +195,30 @@ _BUGS_BREAKING_TERM_ORDER = frozenset(
 
 
 class RaftNode:
-    """One Raft server. See the module docstring; the driver contract is on `Ready`."""
+    """One Raft server. See the module docstring; the driver contract is on `Ready`.
+
+    Recovering mode (`recovering_to`). A node whose disk lost log entries it had made durable,
+    and so may have acknowledged (detected by the driver, by CRC, as corruption rather than a
+    torn unsynced tail), starts with `recovering_to` set to the last index it had made durable
+    before the loss. Until its commit index reaches `recovering_to` it never grants a vote or a
+    pre-vote (it answers with a refusal, counted in `recovering_vote_refused`) and never
+    campaigns (election timeout, `campaign()`, TimeoutNow: counted in
+    `recovering_campaign_skipped`). It still takes appends, heartbeats and snapshots from a
+    leader and acknowledges them as usual.
+
+    Why this is safe: a committed entry it acknowledged may now live on less than a quorum, so
+    a vote from it could elect a leader that lacks that entry; abstaining from a vote is always
+    safe (it is what a crashed node does). Its acknowledgments stay truthful, because it only
+    acknowledges entries it holds again after the loss. Once its commit index reaches
+    `recovering_to`, its log is a prefix of a leader's log covering every index it ever
+    acknowledged, so whatever of that was committed is back in its log: it may vote again.
+    The cost is liveness: it needs a leader elected by the others, so with it a cluster of
+    2f + 1 tolerates one fewer other failure until it has caught up.
+
+    Nothing about the mode is persisted. If the node crashes again while recovering, its driver
+    finds the same loss on disk (its superblock still names the last durable index) and
+    passes `recovering_to` again.
+    """
 
     def __init__(
         self,
@@ -208,8 +231,10 @@ class RaftNode:
         prng: Prng,
         options: RaftOptions | None = None,
         snapshot_source: SnapshotSource | None = None,
+        recovering_to: int | None = None,
     ) -> None:
         assert constants.raft_node_id_min <= node_id <= constants.raft_node_id_max, node_id
+        assert recovering_to is None or 0 <= recovering_to <= constants.raft_index_max
         self.node_id = node_id
         self.options = options if options is not None else RaftOptions()
         self._prng = prng
@@ -235,8 +260,10 @@ class RaftNode:
         self._reads: list[ReadState] = []
         self._ready_outstanding: Ready | None = None
         self._ticks = 0
+        self._recovering_to = recovering_to
         self._init_volatile_state()
         self._become_follower(self.term, None)
+        self._maybe_leave_recovering()
         self.invariants()
 
     def _init_volatile_state(self) -> None:
@@ -278,6 +305,12 @@ class RaftNode:
     def transferee(self) -> int | None:
         return self._transferee
 
+    @property
+    def recovering_to(self) -> int | None:
+        """While recovering from lost entries, the last index the node had made durable before
+        the loss; None otherwise. See the class docstring."""
+        return self._recovering_to
+
     def messages_rejected_by_reason(self) -> dict[str, int]:
         """How many messages from peers were dropped, by reason (malformed, stale, unknown...)."""
         prefix = "rejected_"
@@ -309,6 +342,7 @@ class RaftNode:
                 self._on_vote_request(message)
             else:
                 self._step_role(message)
+        self._maybe_leave_recovering()
         self.invariants()
 
     def has_ready(self) -> bool:
@@ -432,7 +466,9 @@ class RaftNode:
 
     def campaign(self) -> None:
         """Start an election now (with pre-vote when enabled), as if the election timer fired."""
-        if self.role is Role.LEADER or not self._promotable():
+        if self._recovering_to is not None:
+            self.counters["recovering_campaign_skipped"] += 1
+        elif self.role is Role.LEADER or not self._promotable():
             self.counters["campaign_ignored"] += 1
         else:
             self._start_campaign(pre_vote=self.options.pre_vote, transfer=False)
@@ -561,6 +597,9 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_election_timeout and self._promotable():
             self._election_elapsed = 0
+            if self._recovering_to is not None:
+                self.counters["recovering_campaign_skipped"] += 1
+                return
             self._start_campaign(pre_vote=self.options.pre_vote, transfer=False)
 
     def _tick_heartbeat(self) -> None:
@@ -639,6 +678,14 @@ class RaftNode:
             self._send(VoteResponse(self.node_id, message.source, self.term, True, False))
 
     def _on_vote_request(self, message: VoteRequest) -> None:
+        if self._recovering_to is not None:
+            # Committed entries this node acknowledged may be gone: its vote could elect a
+            # leader without them. Refusing (at our term, as any refusal) is always safe.
+            self.counters["recovering_vote_refused"] += 1
+            self._send(
+                VoteResponse(self.node_id, message.source, self.term, message.pre_vote, False)
+            )
+            return
         can_vote = (
             self.vote == message.source
             or (self.vote is None and self.leader_id is None)
@@ -766,7 +813,9 @@ class RaftNode:
         self._send(HeartbeatResponse(self.node_id, message.source, self.term, message.round))
 
     def _on_timeout_now(self) -> None:
-        if self._promotable():
+        if self._recovering_to is not None:
+            self.counters["recovering_campaign_skipped"] += 1
+        elif self._promotable():
             self.counters["transfers_received"] += 1
             self._start_campaign(pre_vote=False, transfer=True)
         else:
@@ -1243,6 +1292,14 @@ class RaftNode:
         self._pending_reads = deque()
         self._reads_awaiting_commit = []
 
+    # -- Recovering mode. ---------------------------------------------------------------------
+
+    def _maybe_leave_recovering(self) -> None:
+        """Leave recovering mode once the commit index covers every index it had made durable."""
+        if self._recovering_to is not None and self.log.committed >= self._recovering_to:
+            self.counters["recovering_left"] += 1
+            self._recovering_to = None
+
     # -- Output and checks. -------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
@@ -1273,6 +1330,9 @@ class RaftNode:
             assert self.vote == self.node_id and self.leader_id is None
         if self.role is Role.PRE_CANDIDATE:
             assert self.leader_id is None
+        if self._recovering_to is not None:
+            assert self.role is Role.FOLLOWER, self.role
+            assert self.log.committed < self._recovering_to, (self.log.committed,)
 
     def _leader_invariants(self) -> None:
         assert self.leader_id == self.node_id and self.vote == self.node_id
