@@ -42,8 +42,15 @@ class DiskParams:
 
 
 @attrs.frozen
+class RaftParams:
+    pre_vote: bool
+    check_quorum: bool  # Lease reads need it, so they are off without it.
+
+
+@attrs.frozen
 class ProcessParams:
     crash_per_second: float
+    leader_crash_per_second: float  # Leaders die more: elections with uncommitted tails.
     crash_pending_factor: float  # Crashes are this much likelier while a sync is pending.
     restart_min_us: int
     restart_max_us: int
@@ -81,6 +88,7 @@ class SimParams:
     replicas: int
     fault_us: int  # Length of the fault phase; the liveness phase follows.
     liveness_ticks: int  # After healing, the cluster must converge within this many ticks.
+    raft: RaftParams
     network: NetworkParams
     disk: DiskParams
     process: ProcessParams
@@ -92,12 +100,14 @@ class SimParams:
     def from_seed(cls, seed: int, bugs: frozenset[InjectedBug] = frozenset()) -> SimParams:
         draw = SimRandom(seed ^ 0x5EED_5EED_5EED_5EED)
         replicas = draw.choice((3, 3, 5))
-        lease_reads = draw.chance(0.3)
+        raft = RaftParams(pre_vote=draw.chance(0.6), check_quorum=draw.chance(0.6))
+        lease_reads = raft.check_quorum and draw.chance(0.4)
         return cls(
             seed=seed,
             replicas=replicas,
             fault_us=draw.randint(3, 12) * SECOND,
             liveness_ticks=3_000,
+            raft=raft,
             network=_network(draw),
             disk=_disk(draw, replicas),
             process=_process(draw),
@@ -111,7 +121,7 @@ class SimParams:
         lines = [f"seed={self.seed} replicas={self.replicas} fault_ms={self.fault_us // MS}"]
         if self.bugs:
             lines.append("injected bugs: " + ", ".join(sorted(bug.value for bug in self.bugs)))
-        for group in (self.network, self.disk, self.process, self.clock, self.workload):
+        for group in (self.raft, self.network, self.disk, self.process, self.clock, self.workload):
             fields = ", ".join(
                 f"{name}={_short(value)}" for name, value in attrs.asdict(group).items()
             )
@@ -161,6 +171,7 @@ def _process(draw: SimRandom) -> ProcessParams:
     restart_min = draw.randint(10, 500) * MS
     return ProcessParams(
         crash_per_second=_maybe(draw, 0.7, 0.02, 0.3),
+        leader_crash_per_second=_maybe(draw, 0.5, 0.1, 1.0),
         crash_pending_factor=draw.between(1.0, 4.0),
         restart_min_us=restart_min,
         restart_max_us=restart_min + draw.randint(0, 2_000) * MS,

@@ -93,8 +93,8 @@ def _answer(ns: Any, query: Query, as_of: int | None) -> Any:
     if kind == "edges":
         return [(edge.id, edge.source, edge.target, edge.kind) for edge in _edges(ns, query, as_of)]
     if kind == "observations":
-        found = queries.observations_of(ns, query.node_id, as_of)
-        return [(observation.id, observation.text) for observation in found]
+        observations = queries.observations_of(ns, query.node_id, as_of)
+        return [(observation.id, observation.text) for observation in observations]
     assert kind == "list", kind
     page = queries.list_nodes(ns, query.label, 0, 20, as_of)
     return [node.id for node in page]

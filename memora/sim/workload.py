@@ -28,7 +28,7 @@ from memora.core.types import (
     SetVector,
     UpdateNode,
 )
-from memora.sim.protocol import DIMENSION, Query, ReadRequest, Reply, WriteRequest
+from memora.sim.protocol import DIMENSION, Query, QueryKind, ReadRequest, Reply, WriteRequest
 from memora.sim.rng import SimRandom
 
 if TYPE_CHECKING:
@@ -236,7 +236,8 @@ class Client:
             value = f"{self.client_id}:{self.sequence + 1}"
             return UpdateNode(register_id(key), properties={"v": value})
         if roll < 80:
-            return self._simple_command()
+            command: Command = self._simple_command()
+            return command
         count = self.random.randint(2, 4)
         return Batch(tuple(self._simple_command() for _ in range(count)))
 
@@ -277,7 +278,7 @@ class Client:
             )
         if roll < 76:
             vector = tuple(self.random.between(-1.0, 1.0) for _ in range(DIMENSION))
-            kind = "similar_exact" if self.random.chance(0.3) else "similar"
+            kind: QueryKind = "similar_exact" if self.random.chance(0.3) else "similar"
             label = self.random.choice(LABELS) if self.random.chance(0.3) else None
             return Query(kind, vector=vector, label=label, as_of_back=as_of_back)
         if roll < 84:

@@ -68,7 +68,11 @@ class World:
         self.params = params
         self.random = SimRandom(params.seed)
         self.loop = EventLoop()
-        self.raft_options = RaftOptions(injected_bugs=params.bugs)
+        self.raft_options = RaftOptions(
+            pre_vote=params.raft.pre_vote,
+            check_quorum=params.raft.check_quorum,
+            injected_bugs=params.bugs,
+        )
         self.checker = Checker()
         self.history: list[Operation] = []
         self.faults: Counter[str] = Counter()
@@ -213,14 +217,26 @@ class World:
             raise LivenessFailure(self._stuck(core))
 
     def _choose_core(self) -> list[int]:
-        freshest = max(
-            (node for node in self.nodes.values() if not node.retired),
-            key=lambda node: (node.raft.log.last_index(), node.node_id),
+        """A random set of voters that holds a quorum of every configuration some live node
+        is using (a configuration change may be half-way through: the committed one and the
+        newer one both decide elections somewhere)."""
+        configurations = sorted(
+            {node.raft.configuration for node in self.nodes.values() if not node.retired},
+            key=lambda configuration: configuration.voters,
         )
-        configuration = freshest.raft.configuration
-        voters = [voter for voter in configuration.voters if not self.nodes[voter].retired]
-        size = self._fault_random.randint(min(configuration.quorum(), len(voters)), len(voters))
-        return sorted(self._fault_random.sample(voters, size))
+        draw = self._fault_random
+        core: set[int] = set()
+        for configuration in configurations:
+            voters = [voter for voter in configuration.voters if not self.nodes[voter].retired]
+            missing = configuration.quorum() - len(core.intersection(voters))
+            candidates = [voter for voter in voters if voter not in core]
+            core.update(draw.sample(candidates, max(0, min(missing, len(candidates)))))
+        spare = sorted(
+            {voter for c in configurations for voter in c.voters if voter not in core}
+            - {node_id for node_id, node in self.nodes.items() if node.retired}
+        )
+        core.update(draw.sample(spare, draw.randint(0, len(spare))))
+        return sorted(core)
 
     def _converged(self) -> bool:
         if any(not client.idle() for client in self.clients.values()):
@@ -293,6 +309,8 @@ class World:
             if not node.up or node.retired:
                 continue
             rate = process.crash_per_second * step
+            if node.raft.role is Role.LEADER:
+                rate += process.leader_crash_per_second * step
             if node.saving:
                 rate *= process.crash_pending_factor
             if draw.chance(rate):
@@ -363,14 +381,17 @@ class World:
         if not draw.chance(network.partition_per_second * step):
             return
         ids = [node_id for node_id, node in self.nodes.items() if not node.retired]
-        mode = draw.choice(("uniform", "isolate", "symmetric", "asymmetric"))
+        mode = draw.choice(("uniform", "isolate", "isolate_leader", "symmetric", "asymmetric"))
+        leader = self._leader()
+        if mode == "isolate_leader" and leader is None:
+            mode = "isolate"
         if mode == "uniform":
             groups: list[list[int]] = [[], []]
             for node_id in ids:
                 groups[draw.randint(0, 1)].append(node_id)
             self.network.partition(groups, ids)
-        elif mode == "isolate":
-            alone = draw.choice(ids)
+        elif mode in ("isolate", "isolate_leader"):
+            alone = leader.node_id if mode == "isolate_leader" and leader else draw.choice(ids)
             self.network.partition([[alone], [i for i in ids if i != alone]], ids)
         elif mode == "symmetric":
             shuffled = draw.sample(ids, len(ids))
