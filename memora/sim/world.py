@@ -249,10 +249,13 @@ class World:
         ]
         if len(leaders) != 1:
             return False
-        target = leaders[0].raft.log.last_index()
+        leader = leaders[0].raft
+        target = leader.log.last_index()
+        # A core node the cluster removed (it may not know yet) is not owed the log.
         return all(
             self.nodes[node_id].up and self.nodes[node_id].replica.applied_index >= target
             for node_id in self._core
+            if leader.configuration.is_member(node_id)
         )
 
     def _stuck(self, core: list[int]) -> str:
