@@ -523,8 +523,7 @@ class World:
 def _change_done(leader: SimNode, kind: ConfigurationChangeKind, node_id: int) -> bool:
     """Whether the leader's committed configuration already reflects the change."""
     configuration = leader.raft.configuration
-    committed = all(index <= leader.raft.log.committed for index, _ in leader.raft._configurations)
-    if not committed:
+    if leader.raft.configuration_pending():
         return False
     if kind is ConfigurationChangeKind.REMOVE_NODE:
         return not configuration.is_member(node_id)

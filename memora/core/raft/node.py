@@ -296,6 +296,10 @@ class RaftNode:
         """The configuration in effect: the last one in the log, committed or not."""
         return self._configurations[-1][1]
 
+    def configuration_pending(self) -> bool:
+        """Whether the configuration in effect is not committed yet."""
+        return self._configurations[-1][0] > self.log.committed
+
     def hard_state(self) -> HardState:
         return HardState(term=self.term, vote=self.vote, commit=self.log.committed)
 
@@ -455,7 +459,7 @@ class RaftNode:
         self._check_can_propose()
         if not self._committed_in_current_term():
             raise ProposalDroppedError("no entry of this leader's term is committed yet")
-        if self._configurations[-1][0] > self.log.committed:
+        if self.configuration_pending():
             raise ProposalDroppedError("another configuration change is not committed yet")
         configuration = self.configuration.changed(change)
         data = encode_configuration(configuration)
