@@ -70,6 +70,10 @@ class NodeApi(Protocol):
     async def write(self, proposal: Proposal) -> WriteOutcome:
         """Propose, wait until committed and applied, and return the reply.
 
+        The node stamps `timestamp_ms` with its own clock (never going backwards); the value the
+        caller put there is ignored. `client_id` and `sequence`, if set, make the write
+        exactly-once across retries.
+
         Raises the command's typed error (`ValidationError`, `NotFoundError`, ...) if the state
         machine rejected it, `LimitError` if it encodes too large, `UnavailableError` if it could
         not be committed in time (outcome unknown)."""
