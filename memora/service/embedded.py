@@ -23,9 +23,6 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-import attrs
-import numpy as np
-
 from memora.core import constants, queries
 from memora.core.codec import encode
 from memora.core.errors import CodecError, LimitError, MemoraError, ValidationError
@@ -57,9 +54,15 @@ from memora.core.types import (
     SimpleCommand,
     UpdateEdge,
     UpdateNode,
-    vector_to_bytes,
 )
 from memora.net.log_store import RecoveryReport
+from memora.service.arguments import (
+    kinds_set,
+    normalise_vectors,
+    optional_vector_bytes,
+    similarity_target,
+    vector_bytes,
+)
 from memora.service.local_node import LocalNode
 
 logger = logging.getLogger(__name__)
@@ -154,7 +157,7 @@ class Memora:
             name=name,
             properties={} if properties is None else properties,
             text=text,
-            vector=_vector_bytes(vector),
+            vector=optional_vector_bytes(vector),
             provenance=provenance or Provenance(),
         )
         node: Node = self._propose(command, namespace)
@@ -174,7 +177,7 @@ class Memora:
         namespace: str | None = None,
     ) -> Node:
         command = UpdateNode(
-            id, label, name, properties, text, _vector_bytes(vector), provenance, clear
+            id, label, name, properties, text, optional_vector_bytes(vector), provenance, clear
         )
         node: Node = self._propose(command, namespace)
         return node
@@ -185,7 +188,7 @@ class Memora:
 
     def insert_vector(self, node_id: int, vector: Any, *, namespace: str | None = None) -> Node:
         """Set the vector of an existing node (the seed's name for it)."""
-        node: Node = self._propose(SetVector(node_id, _require_vector(vector)), namespace)
+        node: Node = self._propose(SetVector(node_id, vector_bytes(vector)), namespace)
         return node
 
     def insert_edge(
@@ -235,7 +238,7 @@ class Memora:
         namespace: str | None = None,
     ) -> Observation:
         command = AddObservation(
-            node_id, text, _vector_bytes(vector), None, provenance or Provenance()
+            node_id, text, optional_vector_bytes(vector), None, provenance or Provenance()
         )
         observation: Observation = self._propose(command, namespace)
         return observation
@@ -251,7 +254,7 @@ class Memora:
 
         Vectors inside the commands may be lists or numpy arrays; they are converted to float32.
         """
-        normalised = tuple(_normalise_vectors(command) for command in commands)
+        normalised = tuple(normalise_vectors(command) for command in commands)
         values: tuple[Any, ...] = self._propose(Batch(normalised), namespace)
         return values
 
@@ -321,7 +324,7 @@ class Memora:
     ) -> list[Edge]:
         with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
-            return queries.edges_of(ns, node_id, direction, _kinds(kinds), as_of)
+            return queries.edges_of(ns, node_id, direction, kinds_set(kinds), as_of)
 
     def observations_of(
         self, node_id: int, *, as_of: int | None = None, namespace: str | None = None
@@ -361,7 +364,7 @@ class Memora:
         with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
             return queries.related_depths(
-                ns, node_id, depth, _kinds(kinds), direction, as_of, limit
+                ns, node_id, depth, kinds_set(kinds), direction, as_of, limit
             )
 
     def query_related_nodes(
@@ -378,7 +381,7 @@ class Memora:
         """`(node, hops)` for every node within `depth` hops (not the start), in BFS order."""
         with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
-            return queries.related(ns, node_id, depth, _kinds(kinds), direction, as_of, limit)
+            return queries.related(ns, node_id, depth, kinds_set(kinds), direction, as_of, limit)
 
     def query_similar(
         self,
@@ -394,7 +397,7 @@ class Memora:
         """Nearest nodes to a vector, or to a node's own vector (the node itself excluded)."""
         with self._local.apply_lock:
             ns = self._reader(namespace, as_of)
-            vector, exclude = self._query_target(ns, vector_or_node_id, as_of)
+            vector, exclude = similarity_target(ns, vector_or_node_id, as_of)
             return queries.similar(ns, vector, top_k, label, exact, ef, as_of, exclude)
 
     def query_hybrid(
@@ -415,7 +418,7 @@ class Memora:
             ns = self._reader(namespace, as_of)
             query = None if vector is None else queries.query_vector(ns, vector)
             return queries.hybrid_around_node(
-                ns, node_id, depth, top_k, query, _kinds(kinds), direction, as_of
+                ns, node_id, depth, top_k, query, kinds_set(kinds), direction, as_of
             )
 
     def query_hybrid_by_vector(
@@ -436,7 +439,7 @@ class Memora:
             ns = self._reader(namespace, as_of)
             query = queries.query_vector(ns, vector)
             return queries.hybrid_from_vector(
-                ns, query, top_k, depth, label, _kinds(kinds), direction, exact, as_of
+                ns, query, top_k, depth, label, kinds_set(kinds), direction, exact, as_of
             )
 
     def state_hash(self) -> str:
@@ -472,14 +475,6 @@ class Memora:
             raise StoreClosedError("the store is closed")
         return self._local.replica.machine.reader(namespace or self.namespace, as_of)
 
-    def _query_target(
-        self, ns: NamespaceState, target: Any, as_of: int | None
-    ) -> tuple[Any, int | None]:
-        if isinstance(target, int) and not isinstance(target, bool):
-            node = queries.require_node(ns, target, as_of, "node_id")
-            return queries.own_vector(node), node.id
-        return queries.query_vector(ns, target), None
-
     # -- Snapshots --------------------------------------------------------------------------------
 
     def snapshot(self) -> int:
@@ -487,37 +482,3 @@ class Memora:
         if self._closed:
             raise StoreClosedError("the store is closed")
         return self._local.snapshot()
-
-
-# -- Helpers --------------------------------------------------------------------------------------
-
-
-def _kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
-    if kinds is None:
-        return None
-    if isinstance(kinds, str):
-        return frozenset((kinds,))
-    return frozenset(kinds)
-
-
-def _vector_bytes(vector: Any) -> bytes | None:
-    return None if vector is None else _require_vector(vector)
-
-
-def _require_vector(vector: Any) -> bytes:
-    if isinstance(vector, bytes):
-        return vector
-    try:
-        array = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError) as error:
-        raise ValidationError(f"vector must be a list of numbers: {error}", "vector") from error
-    if array.ndim != 1:
-        raise ValidationError("vector must be one-dimensional", "vector")
-    return vector_to_bytes(array)
-
-
-def _normalise_vectors(command: SimpleCommand) -> SimpleCommand:
-    vector = getattr(command, "vector", None)
-    if vector is None or isinstance(vector, bytes):
-        return command
-    return attrs.evolve(command, vector=_require_vector(vector))  # type: ignore[arg-type]

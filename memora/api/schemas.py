@@ -1,0 +1,391 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses them) of every body the REST API reads or writes.
+
+What lives here: the shapes of records (as `memora.api.representation` writes them), of request
+bodies (whose `properties` are also the only fields the parsers accept), and of answers, each
+with the limits of `memora.core.constants`. `COMPONENTS` is what `/openapi.json` publishes under
+`components/schemas`; `ref(name)` points at one. What must not: behaviour. A schema here that the
+code does not honour is a bug that the OpenAPI conformance test catches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from memora.core import constants
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    assert name in COMPONENTS, name
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def body_fields(name: str) -> frozenset[str]:
+    """The fields a request body of component `name` may hold."""
+    return frozenset(COMPONENTS[name]["properties"])
+
+
+def _object(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    assert set(required) <= set(properties), (required, properties)
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+RECORD_ID: Final = {
+    "type": "integer",
+    "minimum": constants.record_id_min,
+    "maximum": constants.record_id_max,
+}
+INDEX: Final = {"type": "integer", "minimum": 0}
+TIMESTAMP_MS: Final = {
+    "type": "integer",
+    "minimum": constants.int_property_min,
+    "maximum": constants.int_property_max,
+}
+LABEL: Final = {"type": "string", "minLength": 1, "description": "At most 128 UTF-8 bytes."}
+NAME: Final = {"type": "string", "description": "Unique in its namespace; at most 512 bytes."}
+TEXT: Final = {"type": "string", "description": "At most 64 KiB of UTF-8."}
+KIND: Final = {"type": "string", "minLength": 1, "description": "At most 128 UTF-8 bytes."}
+KINDS: Final = {"type": "array", "items": KIND, "maxItems": constants.top_k_max}
+VECTOR: Final = {
+    "type": "array",
+    "items": {
+        "type": "number",
+        "minimum": -constants.vector_component_abs_max,
+        "maximum": constants.vector_component_abs_max,
+    },
+    "minItems": constants.dimension_min,
+    "maxItems": constants.dimension_max,
+    "description": "Exactly the namespace's dimension of finite numbers (stored as float32).",
+}
+PROPERTIES: Final = {
+    "type": "object",
+    "description": "JSON values; at most 256 keys, 64 KiB encoded, nested 8 deep.",
+}
+DIRECTION: Final = {"type": "string", "enum": ["out", "in", "both"]}
+CLEARABLE: Final = {
+    "type": "array",
+    "items": {"type": "string", "enum": ["name", "text", "vector"]},
+    "maxItems": 3,
+}
+EMBED: Final = {
+    "type": "boolean",
+    "description": "With text and no vector, store the text's embedding (the built-in "
+    "hashing embedder, the one text queries use) as the vector.",
+}
+CONSISTENCY: Final = {"type": "string", "enum": ["linearizable", "lease", "follower"]}
+
+_STAMP = _object(
+    {
+        "commit_index": INDEX,
+        "timestamp_ms": TIMESTAMP_MS,
+        "principal": {"type": "string"},
+        "session": nullable({"type": "string"}),
+    },
+    ("commit_index", "timestamp_ms", "principal", "session"),
+)
+_PROVENANCE_FIELDS: Final[dict[str, Schema]] = {
+    "source": nullable({"type": "string", "description": "At most 1024 bytes."}),
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    "valid_from_ms": nullable(TIMESTAMP_MS),
+    "valid_to_ms": nullable(TIMESTAMP_MS),
+}
+_PROVENANCE = _object(_PROVENANCE_FIELDS, tuple(_PROVENANCE_FIELDS))
+_PROVENANCE_INPUT = _object(_PROVENANCE_FIELDS)
+_RECORD_COMMON: Final[dict[str, Schema]] = {
+    "namespace": {"type": "string"},
+    "id": RECORD_ID,
+    "version": {"type": "integer", "minimum": 1},
+}
+_RECORD_TAIL: Final[dict[str, Schema]] = {
+    "provenance": {"$ref": "#/components/schemas/Provenance"},
+    "created": {"$ref": "#/components/schemas/Stamp"},
+    "updated": {"$ref": "#/components/schemas/Stamp"},
+    "deleted": {"type": "boolean"},
+}
+
+
+def _record(fields: dict[str, Schema]) -> Schema:
+    properties = {**_RECORD_COMMON, **fields, **_RECORD_TAIL}
+    return _object(properties, tuple(properties))
+
+
+_NODE = _record(
+    {
+        "label": {"type": "string"},
+        "name": nullable({"type": "string"}),
+        "properties": PROPERTIES,
+        "text": nullable({"type": "string"}),
+        "vector": nullable({"type": "array", "items": {"type": "number"}}),
+    }
+)
+_EDGE = _record(
+    {
+        "source": RECORD_ID,
+        "target": RECORD_ID,
+        "kind": {"type": "string"},
+        "properties": PROPERTIES,
+    }
+)
+_OBSERVATION = _record(
+    {
+        "node_id": RECORD_ID,
+        "text": {"type": "string"},
+        "vector": nullable({"type": "array", "items": {"type": "number"}}),
+    }
+)
+_NAMESPACE = _object(
+    {
+        "name": {"type": "string"},
+        "dimension": {"type": "integer"},
+        "metric": {"type": "string", "enum": list(constants.metrics)},
+        "created": {"$ref": "#/components/schemas/Stamp"},
+    },
+    ("name", "dimension", "metric", "created"),
+)
+_ERROR = _object(
+    {
+        "error": _object(
+            {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": nullable({"type": "string"}),
+            },
+            ("code", "message", "field"),
+        )
+    },
+    ("error",),
+)
+
+_NODE_REF: Final = {"$ref": "#/components/schemas/Node"}
+_RELATED = _object({"node": _NODE_REF, "hops": {"type": "integer", "minimum": 1}}, ("node", "hops"))
+_SIMILAR = _object({"node": _NODE_REF, "distance": {"type": "number"}}, ("node", "distance"))
+_HYBRID_HIT = _object(
+    {
+        "node": _NODE_REF,
+        "distance": {"type": "number"},
+        "neighbours": {"type": "array", "items": {"$ref": "#/components/schemas/RelatedNode"}},
+    },
+    ("node", "distance"),
+)
+_WRITTEN_RECORD = {
+    "oneOf": [
+        _object({"type": {"const": "node"}, "node": _NODE_REF}, ("type", "node")),
+        _object(
+            {"type": {"const": "edge"}, "edge": {"$ref": "#/components/schemas/Edge"}},
+            ("type", "edge"),
+        ),
+        _object(
+            {
+                "type": {"const": "observation"},
+                "observation": {"$ref": "#/components/schemas/Observation"},
+            },
+            ("type", "observation"),
+        ),
+    ]
+}
+
+# -- Request bodies -------------------------------------------------------------------------------
+
+_PROVENANCE_INPUT_REF: Final = {"$ref": "#/components/schemas/ProvenanceInput"}
+_NODE_INSERT = _object(
+    {
+        "id": RECORD_ID,
+        "label": LABEL,
+        "name": NAME,
+        "properties": PROPERTIES,
+        "text": TEXT,
+        "vector": VECTOR,
+        "provenance": _PROVENANCE_INPUT_REF,
+        "embed": EMBED,
+    },
+    ("label",),
+)
+_NODE_PATCH = _object(
+    {
+        "label": LABEL,
+        "name": NAME,
+        "properties": {**PROPERTIES, "description": "Replaces the whole map."},
+        "text": TEXT,
+        "vector": VECTOR,
+        "provenance": _PROVENANCE_INPUT_REF,
+        "clear": CLEARABLE,
+        "embed": EMBED,
+    }
+)
+_EDGE_INSERT = _object(
+    {
+        "id": RECORD_ID,
+        "source": RECORD_ID,
+        "target": RECORD_ID,
+        "kind": {**KIND, "default": "related"},
+        "properties": PROPERTIES,
+        "provenance": _PROVENANCE_INPUT_REF,
+    },
+    ("source", "target"),
+)
+_EDGE_PATCH = _object({"properties": PROPERTIES, "provenance": _PROVENANCE_INPUT_REF})
+_OBSERVATION_ADD = _object(
+    {
+        "text": {**TEXT, "minLength": 1},
+        "vector": VECTOR,
+        "provenance": _PROVENANCE_INPUT_REF,
+        "embed": EMBED,
+    },
+    ("text",),
+)
+_VECTOR_SET = _object({"node_id": RECORD_ID, "vector": VECTOR}, ("node_id", "vector"))
+_NAMESPACE_CREATE = _object(
+    {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$", "maxLength": 64},
+        "dimension": {
+            "type": "integer",
+            "minimum": constants.dimension_min,
+            "maximum": constants.dimension_max,
+            "default": constants.dimension_default,
+        },
+        "metric": {"type": "string", "enum": list(constants.metrics), "default": "cosine"},
+    },
+    ("name",),
+)
+
+
+def _batch_command(op: str, body: Schema) -> Schema:
+    properties = {"op": {"const": op}, **body["properties"]}
+    return _object(properties, ("op", *body["required"]))
+
+
+_ID_REQUIRED: Final = {"id": RECORD_ID}
+BATCH_COMMANDS: Final = {
+    "insert_node": _batch_command("insert_node", _NODE_INSERT),
+    "update_node": _batch_command(
+        "update_node", _object({**_ID_REQUIRED, **_NODE_PATCH["properties"]}, ("id",))
+    ),
+    "delete_node": _batch_command("delete_node", _object(_ID_REQUIRED, ("id",))),
+    "set_vector": _batch_command("set_vector", _VECTOR_SET),
+    "insert_edge": _batch_command("insert_edge", _EDGE_INSERT),
+    "update_edge": _batch_command(
+        "update_edge", _object({**_ID_REQUIRED, **_EDGE_PATCH["properties"]}, ("id",))
+    ),
+    "delete_edge": _batch_command("delete_edge", _object(_ID_REQUIRED, ("id",))),
+    "add_observation": _batch_command(
+        "add_observation", _object({"node_id": RECORD_ID, **_OBSERVATION_ADD["properties"]})
+    ),
+    "delete_observation": _batch_command("delete_observation", _object(_ID_REQUIRED, ("id",))),
+}
+BATCH_COMMANDS["add_observation"]["required"] = ["op", "node_id", "text"]
+
+_BATCH = _object(
+    {
+        "commands": {
+            "type": "array",
+            "items": {"oneOf": list(BATCH_COMMANDS.values())},
+            "maxItems": constants.batch_commands_max,
+        }
+    },
+    ("commands",),
+)
+_HYBRID_QUERY = _object(
+    {
+        "node_id": {**RECORD_ID, "description": "Rank this node's neighbourhood."},
+        "vector": {**VECTOR, "description": "Rank by similarity to this vector."},
+        "text": {**TEXT, "description": "Rank by similarity to this text's embedding."},
+        "depth": {"type": "integer", "minimum": 1, "maximum": constants.depth_max, "default": 1},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": constants.top_k_max, "default": 10},
+        "kinds": KINDS,
+        "direction": {**DIRECTION, "default": "both"},
+        "label": {**LABEL, "description": "Vector or text queries: only nodes of this label."},
+        "exact": {"type": "boolean", "default": False},
+        "as_of": INDEX,
+        "consistency": {**CONSISTENCY, "default": "linearizable"},
+        "min_commit_index": INDEX,
+    }
+)
+_HYBRID_QUERY["description"] = "node_id, or one of vector and text, or node_id and one of them."
+
+# -- Answers --------------------------------------------------------------------------------------
+
+
+def _answer(properties: dict[str, Schema]) -> Schema:
+    return _object(properties, tuple(properties))
+
+
+def _array_of(name: str) -> Schema:
+    return {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}
+
+
+_NEXT: Final = nullable(INDEX)
+
+COMPONENTS: Final[dict[str, Schema]] = {
+    "Stamp": _STAMP,
+    "Provenance": _PROVENANCE,
+    "ProvenanceInput": _PROVENANCE_INPUT,
+    "Node": _NODE,
+    "Edge": _EDGE,
+    "Observation": _OBSERVATION,
+    "Namespace": _NAMESPACE,
+    "Error": _ERROR,
+    "RelatedNode": _RELATED,
+    "SimilarHit": _SIMILAR,
+    "HybridHit": _HYBRID_HIT,
+    "WrittenRecord": _WRITTEN_RECORD,
+    "NodeInsert": _NODE_INSERT,
+    "NodePatch": _NODE_PATCH,
+    "EdgeInsert": _EDGE_INSERT,
+    "EdgePatch": _EDGE_PATCH,
+    "ObservationAdd": _OBSERVATION_ADD,
+    "VectorSet": _VECTOR_SET,
+    "NamespaceCreate": _NAMESPACE_CREATE,
+    "Batch": _BATCH,
+    "HybridQuery": _HYBRID_QUERY,
+    "NodeWritten": _answer({"node": _NODE_REF, "commit_index": INDEX}),
+    "EdgeWritten": _answer({"edge": {"$ref": "#/components/schemas/Edge"}, "commit_index": INDEX}),
+    "ObservationWritten": _answer(
+        {"observation": {"$ref": "#/components/schemas/Observation"}, "commit_index": INDEX}
+    ),
+    "NamespaceWritten": _answer(
+        {"namespace": {"$ref": "#/components/schemas/Namespace"}, "commit_index": INDEX}
+    ),
+    "BatchWritten": _answer({"results": _array_of("WrittenRecord"), "commit_index": INDEX}),
+    "NodeRead": _answer({"node": _NODE_REF, "applied_index": INDEX}),
+    "EdgeRead": _answer({"edge": {"$ref": "#/components/schemas/Edge"}, "applied_index": INDEX}),
+    "ObservationRead": _answer(
+        {"observation": {"$ref": "#/components/schemas/Observation"}, "applied_index": INDEX}
+    ),
+    "NamespaceRead": _answer(
+        {"namespace": {"$ref": "#/components/schemas/Namespace"}, "applied_index": INDEX}
+    ),
+    "NamespaceList": _answer({"namespaces": _array_of("Namespace"), "applied_index": INDEX}),
+    "NodePage": _answer({"nodes": _array_of("Node"), "next_after": _NEXT, "applied_index": INDEX}),
+    "NodeHistory": _answer(
+        {"versions": _array_of("Node"), "next_after_version": _NEXT, "applied_index": INDEX}
+    ),
+    "EdgeList": _answer({"edges": _array_of("Edge"), "applied_index": INDEX}),
+    "ObservationList": _answer({"observations": _array_of("Observation"), "applied_index": INDEX}),
+    "RelatedList": _answer({"related": _array_of("RelatedNode"), "applied_index": INDEX}),
+    "SimilarList": _answer({"hits": _array_of("SimilarHit"), "applied_index": INDEX}),
+    "HybridAnswer": _answer(
+        {
+            "mode": {"type": "string", "enum": ["node", "vector", "text"]},
+            "hits": _array_of("HybridHit"),
+            "applied_index": INDEX,
+        }
+    ),
+    "SnapshotTaken": _answer({"snapshot_index": INDEX}),
+    "Health": {
+        "type": "object",
+        "description": "The node's role, term, commit and applied index, leader, and peers with "
+        "their lag, as the node reports them.",
+    },
+    "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
+    "Metrics": _answer({"metrics": {"type": "object", "additionalProperties": {"type": "number"}}}),
+}
