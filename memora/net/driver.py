@@ -6,6 +6,9 @@ runs the Raft node's ticks and its Ready loop in a nursery, and implements `Node
 and MCP layers. What must not: any Raft logic (`memora.core.raft`), any state machine logic
 (`memora.core.replica`), sockets or HTTP (the transport and the API live elsewhere).
 
+One process at a time: `open` takes an exclusive lock (flock) on DATA_DIR/lock, which `run`
+releases when it returns, so a second node on the same directory is refused, not let corrupt it.
+
 Everything runs on the trio thread except the disk. `run()` starts two tasks:
 - the tick loop ticks the RaftNode every `raft_tick_ms`, by elapsed monotonic time, so a pause of
   the process is caught up before anything else (the lease read depends on it);
@@ -31,6 +34,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +66,8 @@ from memora.net.raft_storage import FileStorage, StorageRecovery
 
 # The id of a node that founds its own one-voter cluster (`memora serve` without peers).
 SOLE_NODE_ID = 1
+# Held (flock) by the one process that has the data directory open; others are refused.
+LOCK_FILE = "lock"
 # Recorded as the author of what the node writes on its own behalf (the default namespace).
 SYSTEM_PRINCIPAL = "memora"
 _TICK_S = constants.raft_tick_ms / 1000
@@ -118,6 +124,12 @@ class ForeignDataDirError(MemoraError):
     """The data directory belongs to a cluster this node cannot serve alone."""
 
     code = "foreign_data_dir"
+
+
+class DataDirLockedError(MemoraError):
+    """Another process has the data directory open: two writers would corrupt it."""
+
+    code = "data_dir_locked"
 
 
 class _Lifecycle(enum.Enum):
@@ -238,6 +250,7 @@ class NodeDriver:
         storage: FileStorage,
         replica: Replica,
         *,
+        lock_descriptor: int,
         transport: Transport,
         limits: DriverLimits,
         default_namespace: str | None,
@@ -248,6 +261,7 @@ class NodeDriver:
         self.storage_recovery: StorageRecovery = storage.recovery
         self._raft = raft
         self._storage = storage
+        self._lock_descriptor = lock_descriptor
         self._transport = transport
         self._limits = limits
         self._default_namespace = default_namespace
@@ -289,7 +303,12 @@ class NodeDriver:
         `default_namespace`, if not None, is created on first start. `wall_clock_ms` stamps
         writes (tests pass their own)."""
         os.makedirs(data_dir, exist_ok=True)
-        storage = _open_or_bootstrap(data_dir, node_id)
+        lock_descriptor = _lock_data_dir(data_dir)
+        try:
+            storage = _open_or_bootstrap(data_dir, node_id)
+        except BaseException:
+            os.close(lock_descriptor)
+            raise
         try:
             hard_state, configuration, meta, entries = storage.initial_state()
             if transport is None and configuration.voters != (node_id,):
@@ -313,11 +332,13 @@ class NodeDriver:
             )
         except BaseException:
             storage.close()
+            os.close(lock_descriptor)
             raise
         return cls(
             raft,
             storage,
             replica,
+            lock_descriptor=lock_descriptor,
             transport=transport if transport is not None else NoPeers(),
             limits=limits if limits is not None else DriverLimits(),
             default_namespace=default_namespace,
@@ -356,6 +377,7 @@ class NodeDriver:
             self._fail_all_waiters("the node stopped")
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._storage.close)
+            os.close(self._lock_descriptor)  # Releases the lock on the data directory.
 
     def stop(self) -> None:
         """Refuse new work from now on; `run()` drains what is in flight, fsyncs and returns."""
@@ -707,6 +729,18 @@ def _not_leader(leader_hint: int | None) -> MemoraError:
     if leader_hint is None:
         return UnavailableError("no leader is known; retry later")
     return NotLeaderError(f"node {leader_hint} is the leader", leader_hint)
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """An open descriptor holding an exclusive lock on the data directory's lock file."""
+    path = os.path.join(data_dir, LOCK_FILE)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise DataDirLockedError(f"{data_dir} is in use by another process") from None
+    return descriptor
 
 
 def _open_or_bootstrap(data_dir: str, node_id: int) -> FileStorage:

@@ -23,6 +23,7 @@ from memora.core.raft import Configuration, EntryKind, HeartbeatRequest, LogEntr
 from memora.core.replica import Replica
 from memora.core.types import Applied, InsertNode, Node, Proposal
 from memora.net.driver import (
+    DataDirLockedError,
     DriverLimits,
     ForeignDataDirError,
     NodeDriver,
@@ -338,6 +339,15 @@ async def test_a_misaddressed_peer_message_is_dropped_and_counted(tmp_path: Path
         assert driver.metrics()["raft_messages_rejected_total"] == 1
         assert driver.health()["term"] < 99
         await driver.write(insert())
+
+
+@pytest.mark.trio
+async def test_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
+    async with running(NodeDriver.open(str(tmp_path))):
+        with pytest.raises(DataDirLockedError, match="in use by another process"):
+            NodeDriver.open(str(tmp_path))
+    async with running(NodeDriver.open(str(tmp_path))) as reopened:
+        assert reopened.health()["role"] == "leader"
 
 
 def test_a_cluster_data_dir_is_refused_without_peers(tmp_path: Path) -> None:
