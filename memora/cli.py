@@ -3,6 +3,7 @@
 Subcommands:
 - `memora demo`: store a small memory graph in an embedded, durable store, query it every way
   the store knows (graph, vectors, hybrid, history), reopen it from disk and check it came back.
+- `memora serve`: run a node with the REST API on 127.0.0.1:8080 (see `memora.serve`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from memora import serve
 from memora.service.demo import run_demo
 
 
@@ -23,7 +25,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-dir",
         help="directory for the store (default: a new temporary directory, removed afterwards)",
     )
+    serve.add_arguments(
+        commands.add_parser(
+            "serve",
+            help="run a node with the REST API",
+            description="Run one Memora node with the REST API. Flags override --config.",
+        )
+    )
     arguments = parser.parse_args(argv)
+    if arguments.command == "serve":
+        return serve.main(arguments)
     if arguments.command == "demo":
         if arguments.data_dir:
             return run_demo(arguments.data_dir, sys.stdout)

@@ -1,0 +1,449 @@
+"""`memora serve`: one node on trio, with the REST API over HTTP.
+
+What lives here: the configuration of a serving process (flags, a TOML file, API tokens from the
+environment), validated into one `ServeConfig`; and the process itself: a trio nursery holding
+the `NodeDriver` and the HTTP server, and the signals that shut both down cleanly. It sits at the
+top of the package because it wires `memora.net` and `memora.api` together. What must not: any
+endpoint logic (`memora.api`), Raft or storage logic (`memora.net`, `memora.core`).
+
+Configuration. Flags override the file; the file overrides the defaults. The file (`--config`)
+is TOML with the keys `data_dir`, `host`, `http_port`, `mcp_port`, `body_bytes_max`,
+`request_timeout_s`, `default_namespace`, and any number of token tables:
+
+    [[tokens]]
+    token = "a-long-random-secret"        # at least 16 visible ASCII characters
+    namespaces = ["default", "notes"]     # or ["*"] for every namespace
+    role = "write"                        # read, write or admin
+    principal = "alice"                   # recorded as the author of the token's writes
+
+Tokens may also come from the environment, added to the file's: `MEMORA_TOKENS_FILE` names a
+TOML file holding only `[[tokens]]` tables, or `MEMORA_TOKENS` lists them inline, entries
+separated by `;`, each `PRINCIPAL:ROLE:NAMESPACES:TOKEN` with the namespaces separated by `,`
+(the token comes last, so it may itself hold `:`):
+
+    MEMORA_TOKENS='alice:write:default,notes:a-long-random-secret;ops:admin:*:another-secret-value'
+
+A bad value stops the process with exit code 2 and one line naming the key. With no tokens the
+API is open, so the server listens on 127.0.0.1 only, whatever `--host` says, and says so.
+
+The process prints one line for the data directory, one for what recovery found, and one per
+listener. SIGINT or SIGTERM: the HTTP server stops accepting connections and drains the requests
+in flight, then the node drains its own work, makes its state durable (fsync) and closes; the
+process exits 0. A second signal during that skips the draining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import os
+import re
+import signal
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from functools import partial
+from typing import Any, Final, TextIO
+
+import attrs
+import trio
+
+from memora.api.app import create_app
+from memora.api.http_server import serve_http
+from memora.api.settings import ALL_NAMESPACES, ApiSettings, Role, TokenGrant
+from memora.core import constants, validate
+from memora.core.errors import MemoraError
+from memora.net.driver import NodeDriver
+from memora.net.raft_storage import RaftStorageError
+
+EXIT_CONFIG_ERROR: Final = 2
+EXIT_FAILURE: Final = 1
+TOKENS_VARIABLE: Final = "MEMORA_TOKENS"
+TOKENS_FILE_VARIABLE: Final = "MEMORA_TOKENS_FILE"
+LOOPBACK_HOST: Final = "127.0.0.1"
+DEFAULTS: Final[Mapping[str, Any]] = {
+    "data_dir": "./memora_data",
+    "host": LOOPBACK_HOST,
+    "http_port": 8080,
+    "mcp_port": 9090,
+    "body_bytes_max": ApiSettings().body_bytes_max,
+    "request_timeout_s": ApiSettings().request_timeout_s,
+    "default_namespace": constants.namespace_default,
+}
+# The keys a flag may set (`--data-dir` sets data_dir), overriding the file.
+FLAG_KEYS: Final = ("data_dir", "host", "http_port", "mcp_port")
+TOKEN_CHARACTERS_MIN: Final = 16
+BODY_BYTES_MAX_LIMIT: Final = 1 << 30
+REQUEST_TIMEOUT_S_MAX: Final = 3600.0
+_TOKEN_PATTERN: Final = re.compile(r"[\x21-\x7e]+")  # Visible ASCII: safe in an HTTP header.
+_HOSTNAME_PATTERN: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_PREFIX: Final = "memora serve:"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, malformed or out of range; `key` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@attrs.frozen
+class ServeConfig:
+    data_dir: str
+    host: str
+    http_port: int
+    mcp_port: int
+    api: ApiSettings
+    # The non-loopback --host that was asked for and replaced by 127.0.0.1 (no tokens), if any.
+    host_refused: str | None = None
+
+
+# -- The command line ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `memora serve`. They default to None, so that only given flags override."""
+    parser.add_argument("--data-dir", help=f"the node's directory (default {DEFAULTS['data_dir']})")
+    parser.add_argument("--host", help=f"address to listen on (default {DEFAULTS['host']})")
+    parser.add_argument(
+        "--http-port",
+        type=_port_flag,
+        help=f"REST API port, 0 for any free one (default {DEFAULTS['http_port']})",
+    )
+    parser.add_argument(
+        "--mcp-port",
+        type=_port_flag,
+        help=f"MCP port, reserved: MCP is not served yet (default {DEFAULTS['mcp_port']})",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a TOML file of settings and [[tokens]]")
+
+
+def _port_flag(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+
+
+def main(arguments: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """Run `memora serve` with parsed flags; returns the process's exit code."""
+    try:
+        config = load_config(arguments, os.environ if environ is None else environ)
+    except ConfigError as error:
+        print(f"{_PREFIX} configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return serve(config, sys.stdout)
+
+
+# -- Configuration ------------------------------------------------------------------------------
+
+
+def load_config(arguments: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    """Merge defaults, the file and the flags, add tokens from the environment, and validate."""
+    file_values = _read_toml(arguments.config, "--config") if arguments.config else {}
+    _check_known_keys(file_values, {*DEFAULTS, "tokens"}, prefix="")
+    merged = {**DEFAULTS, **file_values}
+    for key in FLAG_KEYS:
+        value = getattr(arguments, key)
+        if value is not None:
+            merged[key] = value
+    tokens = _tokens_from_file_values(file_values) + _tokens_from_environment(environ)
+    _check_tokens_unique(tokens)
+    api = ApiSettings(
+        tokens=tokens,
+        body_bytes_max=_integer(merged, "body_bytes_max", 1, BODY_BYTES_MAX_LIMIT),
+        request_timeout_s=_seconds(merged, "request_timeout_s", REQUEST_TIMEOUT_S_MAX),
+        default_namespace=_namespace(merged["default_namespace"], "default_namespace"),
+    )
+    http_port = _integer(merged, "http_port", 0, 65535)
+    mcp_port = _integer(merged, "mcp_port", 0, 65535)
+    if http_port == mcp_port != 0:
+        raise ConfigError("mcp_port", f"must differ from http_port ({http_port})")
+    host = _host(merged["host"])
+    refused = None
+    if api.open_access and not _is_loopback(host):
+        host, refused = LOOPBACK_HOST, host
+    return ServeConfig(_data_dir(merged["data_dir"]), host, http_port, mcp_port, api, refused)
+
+
+def _read_toml(path: str, key: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(key, f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(key, f"{path} is not valid TOML: {error}") from None
+
+
+def _check_known_keys(values: Mapping[str, Any], known: set[str], *, prefix: str) -> None:
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}{key}", f"unknown key; known keys: {', '.join(sorted(known))}"
+            )
+
+
+def _integer(values: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = values[key]
+    if type(value) is not int or not low <= value <= high:
+        raise ConfigError(key, f"must be an integer from {low} to {high}, not {value!r}")
+    return value
+
+
+def _seconds(values: Mapping[str, Any], key: str, high: float) -> float:
+    value = values[key]
+    if type(value) not in (int, float) or not (math.isfinite(value) and 0 < value <= high):
+        raise ConfigError(key, f"must be a number of seconds above 0 and at most {high:g}")
+    return float(value)
+
+
+def _namespace(value: object, key: str) -> str:
+    try:
+        return validate.namespace_name(value)
+    except MemoraError as error:
+        raise ConfigError(key, error.message) from None
+
+
+def _host(value: object) -> str:
+    if not isinstance(value, str) or not (
+        _is_ip_address(value) or _HOSTNAME_PATTERN.fullmatch(value)
+    ):
+        raise ConfigError("host", f"must be an IP address or a host name, not {value!r}")
+    return value
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or (_is_ip_address(host) and ipaddress.ip_address(host).is_loopback)
+
+
+def _data_dir(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigError("data_dir", f"must be a directory path, not {value!r}")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ConfigError("data_dir", f"{value} exists and is not a directory")
+    return os.path.abspath(value)
+
+
+# -- Tokens -------------------------------------------------------------------------------------
+
+
+def _tokens_from_file_values(
+    values: Mapping[str, Any], *, origin: str = ""
+) -> tuple[TokenGrant, ...]:
+    tables = values.get("tokens", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{origin}tokens", "must be an array of [[tokens]] tables")
+    return tuple(
+        _token_table(table, f"{origin}tokens[{position}]") for position, table in enumerate(tables)
+    )
+
+
+def _token_table(table: object, key: str) -> TokenGrant:
+    if not isinstance(table, dict):
+        raise ConfigError(key, "must be a table with token, namespaces, role and principal")
+    _check_known_keys(table, {"token", "namespaces", "role", "principal"}, prefix=f"{key}.")
+    for field in ("token", "namespaces", "role", "principal"):
+        if field not in table:
+            raise ConfigError(f"{key}.{field}", "is missing")
+    namespaces = table["namespaces"]
+    if not isinstance(namespaces, list) or not namespaces:
+        raise ConfigError(f"{key}.namespaces", 'must be a non-empty list of names (or ["*"])')
+    return _grant(table["token"], namespaces, table["role"], table["principal"], key)
+
+
+def _grant(
+    token: object, namespaces: list[object], role: object, principal: object, key: str
+) -> TokenGrant:
+    if not isinstance(token, str) or not _TOKEN_PATTERN.fullmatch(token):
+        raise ConfigError(f"{key}.token", "must be visible ASCII characters with no spaces")
+    if len(token) < TOKEN_CHARACTERS_MIN:
+        raise ConfigError(f"{key}.token", f"must be at least {TOKEN_CHARACTERS_MIN} characters")
+    roles = [member.value for member in Role]
+    if role not in roles:
+        raise ConfigError(f"{key}.role", f"must be one of {', '.join(roles)}, not {role!r}")
+    try:
+        validate.text_field(principal, "principal", constants.principal_bytes_max)
+    except MemoraError as error:
+        raise ConfigError(f"{key}.principal", error.message) from None
+    names = frozenset(
+        name if name == ALL_NAMESPACES else _namespace(name, f"{key}.namespaces")
+        for name in namespaces
+    )
+    assert isinstance(principal, str) and isinstance(role, str)
+    return TokenGrant(token=token, namespaces=names, role=Role(role), principal=principal)
+
+
+def _tokens_from_environment(environ: Mapping[str, str]) -> tuple[TokenGrant, ...]:
+    inline, path = environ.get(TOKENS_VARIABLE), environ.get(TOKENS_FILE_VARIABLE)
+    if inline is not None and path is not None:
+        raise ConfigError(TOKENS_FILE_VARIABLE, f"set either {TOKENS_VARIABLE} or it, not both")
+    if path is not None:
+        values = _read_toml(path, TOKENS_FILE_VARIABLE)
+        _check_known_keys(values, {"tokens"}, prefix=f"{TOKENS_FILE_VARIABLE}: ")
+        return _tokens_from_file_values(values, origin=f"{TOKENS_FILE_VARIABLE}: ")
+    if inline is None:
+        return ()
+    entries = [entry.strip() for entry in inline.split(";") if entry.strip()]
+    return tuple(
+        _inline_token(entry, f"{TOKENS_VARIABLE}[{position}]")
+        for position, entry in enumerate(entries)
+    )
+
+
+def _inline_token(entry: str, key: str) -> TokenGrant:
+    parts = entry.split(":", 3)
+    if len(parts) != 4:
+        raise ConfigError(key, "must be PRINCIPAL:ROLE:NAMESPACES:TOKEN")
+    principal, role, namespaces, token = parts
+    names: list[object] = [name.strip() for name in namespaces.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"{key}.namespaces", "must name at least one namespace (or *)")
+    return _grant(token, names, role, principal, key)
+
+
+def _check_tokens_unique(tokens: tuple[TokenGrant, ...]) -> None:
+    seen: set[str] = set()
+    for grant in tokens:
+        if grant.token in seen:
+            raise ConfigError(
+                "tokens", f"the token of principal {grant.principal!r} is configured twice"
+            )
+        seen.add(grant.token)
+
+
+# -- The process --------------------------------------------------------------------------------
+
+
+def serve(config: ServeConfig, out: TextIO) -> int:
+    """Open the node, serve until SIGINT or SIGTERM, shut down cleanly; returns the exit code."""
+    say = partial(_say, out)
+    try:
+        driver = NodeDriver.open(config.data_dir, default_namespace=config.api.default_namespace)
+    except (OSError, RaftStorageError, MemoraError) as error:
+        say(f"cannot open the data directory {config.data_dir}: {error}")
+        return EXIT_FAILURE
+    for line in _recovery_lines(driver):
+        say(line)
+    failure: OSError | None = None
+    try:
+        trio.run(_serve, config, driver, say)
+    except* OSError as group:
+        failure = _first_error(group)
+    if failure is not None:
+        say(f"stopped: {failure}")
+        return EXIT_FAILURE
+    return 0
+
+
+def _say(out: TextIO, line: str) -> None:
+    print(f"{_PREFIX} {line}", file=out, flush=True)
+
+
+def _recovery_lines(driver: NodeDriver) -> Iterator[str]:
+    recovery = driver.storage_recovery
+    log = recovery.log
+    yield (
+        f"data directory {driver.data_dir}: {log.records} log records on disk "
+        f"(indexes {log.first_index} to {log.last_index})"
+    )
+    if log.truncated_path is not None:
+        yield (
+            f"recovery: cut a torn log tail of {log.truncated_bytes} bytes at "
+            f"{log.truncated_path} offset {log.truncated_offset} ({log.reason})"
+        )
+    if recovery.stale_entries_discarded:
+        dropped = recovery.stale_entries_discarded
+        yield f"recovery: dropped {dropped} log records that a snapshot replaced"
+    for warning in recovery.snapshot_warnings:
+        yield f"recovery: {warning}"
+
+
+def _first_error(group: BaseExceptionGroup[OSError]) -> OSError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, OSError), error
+    return error
+
+
+async def _serve(config: ServeConfig, driver: NodeDriver, say: Callable[[str], None]) -> None:
+    # Open the receiver first, so that a signal during start-up still shuts down cleanly.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        stop_http = trio.Event()
+        async with trio.open_nursery() as signal_nursery:
+            abandon = signal_nursery.cancel_scope
+            signal_nursery.start_soon(_watch_signals, signals, stop_http, abandon, say)
+            async with trio.open_nursery() as node_nursery:
+                await node_nursery.start(driver.run)
+                say(_node_line(driver))
+                await _serve_http_until(stop_http, config, driver, say)
+                driver.stop()  # HTTP drained: now the node drains, fsyncs and closes.
+            abandon.cancel()  # Stops watching for signals.
+    say(f"stopped cleanly at applied index {driver.replica.applied_index}")
+
+
+async def _serve_http_until(
+    stop: trio.Event, config: ServeConfig, driver: NodeDriver, say: Callable[[str], None]
+) -> None:
+    """Serve the REST API until `stop` is set; returns once the requests in flight drained."""
+    app = create_app(driver, config.api)
+    serve_app = partial(
+        serve_http, app, host=config.host, port=config.http_port, shutdown_trigger=stop.wait
+    )
+    async with trio.open_nursery() as http_nursery:
+        port = await http_nursery.start(serve_app)
+        for line in _listener_lines(config, port):
+            say(line)
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int],
+    stop_http: trio.Event,
+    abandon: trio.CancelScope,
+    say: Callable[[str], None],
+) -> None:
+    """The first signal starts a clean shutdown; a second one abandons the draining."""
+    async for number in signals:
+        name = signal.Signals(number).name
+        if stop_http.is_set():
+            say(f"{name} received again: stopping without draining")
+            abandon.cancel()
+            return
+        say(f"{name} received: draining requests, then stopping")
+        stop_http.set()
+
+
+def _node_line(driver: NodeDriver) -> str:
+    health = driver.health()
+    return (
+        f"node {health['node_id']} is {health['role']} in term {health['term']}, "
+        f"applied index {health['applied_index']}"
+    )
+
+
+def _listener_lines(config: ServeConfig, http_port: int) -> Iterator[str]:
+    address = f"[{config.host}]" if ":" in config.host else config.host
+    yield f"REST API on http://{address}:{http_port}/api/v1 (OpenAPI at /openapi.json)"
+    yield f"MCP on port {config.mcp_port}: not served yet (MCP arrives in a later release)"
+    if config.api.open_access:
+        refused = f" instead of {config.host_refused}" if config.host_refused else ""
+        yield (
+            f"no API tokens configured: the API is open, so it listens on {LOOPBACK_HOST} only"
+            f"{refused}; configure [[tokens]] to listen elsewhere"
+        )
+    else:
+        yield f"{len(config.api.tokens)} API tokens configured: every request needs a bearer token"
+    yield "ready; SIGINT or SIGTERM stops the server cleanly"
