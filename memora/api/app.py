@@ -61,6 +61,7 @@ def create_app(node: NodeApi, settings: ApiSettings) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.body_bytes_max
     app.config["BODY_TIMEOUT"] = settings.request_timeout_s
+    app.url_map.merge_slashes = False  # "//" is no path of ours: a 404, never a redirect.
     counters = dict.fromkeys(COUNTER_NAMES, 0)
     for endpoint in openapi.ENDPOINTS:
         app.add_url_rule(
@@ -105,7 +106,9 @@ async def _serve(
     counters: dict[str, int],
     path: dict[str, str],
 ) -> Answer:
-    caller = auth.identify(settings, request.headers.get("Authorization"))
+    caller = auth.PUBLIC_CALLER
+    if endpoint.role is not None:
+        caller = auth.identify(settings, request.headers.get("Authorization"))
     namespace = _namespace(endpoint, settings, path)
     if endpoint.role is not None:
         caller.require(endpoint.role, None if endpoint.tenancy is Tenancy.NODE else namespace)

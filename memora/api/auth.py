@@ -47,6 +47,10 @@ class Caller:
         return ALL_NAMESPACES in namespaces or namespace in namespaces
 
 
+# The caller of an endpoint that needs no token: no namespaces, the lowest role.
+PUBLIC_CALLER: Final = Caller("anonymous", TokenGrant("", frozenset(), Role.READ, "anonymous"))
+
+
 def identify(settings: ApiSettings, authorization: str | None) -> Caller:
     """The caller named by an Authorization header, or UnauthenticatedError."""
     if settings.open_access:
