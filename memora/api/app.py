@@ -115,7 +115,6 @@ async def _serve(
     client_id, sequence = _client_session(endpoint)
     call = Call(
         node=node,
-        settings=settings,
         caller=caller,
         namespace=namespace,
         path=path,

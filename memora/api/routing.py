@@ -19,7 +19,7 @@ import attrs
 from memora.api import schemas
 from memora.api.arguments import Arguments
 from memora.api.auth import Caller
-from memora.api.settings import ApiSettings, Role
+from memora.api.settings import Role
 from memora.core import constants
 from memora.core.namespace import NamespaceState
 from memora.core.replica import Replica
@@ -67,7 +67,6 @@ class Call:
     """One authenticated request, as a handler sees it."""
 
     node: NodeApi
-    settings: ApiSettings
     caller: Caller
     namespace: str
     path: dict[str, str]
