@@ -129,10 +129,10 @@ def _port_flag(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
 
 
-def main(arguments: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+def main(arguments: argparse.Namespace) -> int:
     """Run `memora serve` with parsed flags; returns the process's exit code."""
     try:
-        config = load_config(arguments, os.environ if environ is None else environ)
+        config = load_config(arguments, os.environ)
     except ConfigError as error:
         print(f"{_PREFIX} configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
