@@ -21,6 +21,10 @@ Callers (HTTP handlers in other tasks) propose, ask for read indexes and read th
 trio thread, between the Ready loop's awaits, so nothing here needs a lock. The storage is used
 by one thread at a time: the Ready loop awaits every worker thread it starts.
 
+Snapshots are taken between two Readies, when asked (`snapshot()`) or when the log grew by
+`DriverLimits.snapshot_every_entries`: the replica is encoded on the trio thread (no apply can
+interleave), the files are written in a worker thread, and the log before the snapshot is dropped.
+
 A node alone in its configuration has no messages to send (`NoPeers`). A cluster (issue 6) plugs
 in a `Transport` that sends a Ready's messages and calls `receive()` with the messages it gets.
 
@@ -92,16 +96,21 @@ def wall_clock_ms() -> int:
 
 @attrs.frozen
 class DriverLimits:
-    """How long callers of one node wait. Each bounds one call, from its start."""
+    """How long callers of one node wait (each bounds one call, from its start), and how long
+    the log may grow."""
 
     write_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
     # At shutdown, work in flight gets this long to finish before it is failed.
     drain_timeout_s: float = 5.0
+    # The node snapshots by itself once this many entries were applied since its last snapshot,
+    # so that neither the log on disk nor the replay at start-up grows without bound.
+    snapshot_every_entries: int = 100_000
 
     def __attrs_post_init__(self) -> None:
         assert self.write_timeout_s > 0 and self.read_timeout_s > 0, self
         assert self.drain_timeout_s >= 0, self
+        assert self.snapshot_every_entries > 0, self
 
 
 class Transport(Protocol):
@@ -646,7 +655,7 @@ class NodeDriver:
         while True:
             await self._work.wait()
             self._work = trio.Event()
-            await self._compact_if_requested()
+            await self._snapshot_if_due()
             while self._raft.has_ready():
                 await self._handle_ready(self._raft.ready())
                 # Between two Readies, let callers run: a long replay must not starve them.
@@ -687,9 +696,11 @@ class NodeDriver:
         if ready.committed or ready.snapshot is not None:
             self._applied.fire()
 
-    async def _compact_if_requested(self) -> None:
-        """Take the snapshots asked for, with no Ready outstanding (as `RaftNode.compact` needs)."""
-        if not self._snapshot_requests:
+    async def _snapshot_if_due(self) -> None:
+        """Snapshot if asked to, or if the log grew by `snapshot_every_entries`. Runs with no
+        Ready outstanding, as `RaftNode.compact` needs."""
+        grown = self.replica.applied_index - self._raft.log.snapshot_index
+        if not self._snapshot_requests and grown < self._limits.snapshot_every_entries:
             return
         requests, self._snapshot_requests = self._snapshot_requests, []
         index = self.replica.applied_index

@@ -193,6 +193,19 @@ async def test_a_snapshot_compacts_the_log_and_a_restart_restores_it(tmp_path: P
         assert driver.metrics()["snapshots_total"] == 0
 
 
+@pytest.mark.trio
+async def test_the_node_snapshots_by_itself_as_the_log_grows(tmp_path: Path) -> None:
+    limits = DriverLimits(snapshot_every_entries=10)
+    async with running(NodeDriver.open(str(tmp_path), limits=limits)) as driver:
+        outcomes = [await driver.write(insert()) for _ in range(25)]
+        while driver.health()["snapshot_index"] < outcomes[-1].commit_index - 10:
+            await trio.sleep(0.01)
+        assert driver.metrics()["snapshots_total"] >= 2
+    async with running(NodeDriver.open(str(tmp_path), limits=limits)) as driver:
+        replica = await driver.read_barrier(Consistency.LINEARIZABLE)
+        assert all(node_in(replica, outcome.value.id) == outcome.value for outcome in outcomes)
+
+
 # -- Deadlines --------------------------------------------------------------------------------
 
 
