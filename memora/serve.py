@@ -355,10 +355,10 @@ def _say(out: TextIO, line: str) -> None:
 def _recovery_lines(driver: NodeDriver) -> Iterator[str]:
     recovery = driver.storage_recovery
     log = recovery.log
-    yield (
-        f"data directory {driver.data_dir}: {log.records} log records on disk "
-        f"(indexes {log.first_index} to {log.last_index})"
-    )
+    snapshot_index = driver.health()["snapshot_index"]
+    snapshot = f"snapshot at index {snapshot_index}" if snapshot_index else "no snapshot"
+    records = "no log records" if not log.records else f"log {log.first_index} to {log.last_index}"
+    yield f"data directory {driver.data_dir}: {snapshot}, {records}"
     if log.truncated_path is not None:
         yield (
             f"recovery: cut a torn log tail of {log.truncated_bytes} bytes at "
