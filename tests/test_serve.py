@@ -166,8 +166,10 @@ def test_sigterm_under_load_loses_no_acknowledged_write(
     threads = [threading.Thread(target=writer) for _ in range(4)]
     for thread in threads:
         thread.start()
-    while len(acknowledged) < 50:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(acknowledged) < 50 and not failures and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(acknowledged) >= 50 and not failures, failures
     assert server.stop(signal.SIGTERM) == 0
     for thread in threads:
         thread.join(timeout=STOP_TIMEOUT_S)
