@@ -1,18 +1,96 @@
 """Serving an ASGI app over HTTP/1.1 with hypercorn's trio worker, inside the caller's nursery.
 
-This module owns hypercorn's configuration (keep-alive, h11 limits, graceful shutdown, logs) and
-nothing about the REST API itself: it must not import the app or know its routes.
+This module owns hypercorn's configuration (keep-alive, h11 limits, graceful shutdown, logs) and a
+work-around for a hypercorn bug; it must not import the REST app or know its routes.
+
+The bug: a keep-alive connection hangs for good
+------------------------------------------------
+Hypercorn's trio `TCPServer.protocol_send` is called from whichever task produced the event, and
+for everything the ASGI app sends, that is the app's own task. Only its `RawData` branch is
+shielded from cancellation; `Closed` (shut the socket down) and `Updated` (restart or stop the
+keep-alive timer) are not. quart-trio cancels its request task as soon as it receives
+`http.disconnect`, and hypercorn itself delivers that message from inside the app's last `send`:
+`send(body)` -> `StreamClosed` -> `H11Protocol._maybe_recycle` -> `_close_stream` -> the app's
+receive queue. So on every request the app's task is cancelled half-way through hypercorn's own
+bookkeeping, and the next checkpoint in `protocol_send` raises `trio.Cancelled`:
+
+- When the client has sent its whole body (h11: both sides DONE), the connection is recycled but
+  `Updated(idle=True)` dies on the timer lock: the keep-alive timeout is never restarted, so idle
+  connections are never closed, not even at graceful shutdown.
+- When the app answered before h11 had read the request body (a 404 or 204 that ignores the body,
+  while `requests`/urllib3 writes headers and body in two sends), `_maybe_recycle` decides to close
+  the connection, but `Closed` dies on the checkpoint in `send_eof`. The socket stays open. The
+  body then arrives, usually together with the client's next request; the reader gets an h11
+  `Data` event with no stream, breaks out of its loop (`elif self.stream is None: break`) and waits
+  for more bytes, leaving the next request parsed by nobody. The client waits forever and the app
+  never sees the request; the keep-alive timer, stopped for the previous request, never fires.
+
+A tracing run showed exactly this sequence (`_maybe_recycle` entered with our=DONE,
+their=SEND_BODY, never returned; then `next_event -> Data`, stream None, 151 bytes of a GET left in
+h11's buffer). A raw ASGI app that cancels itself on `http.disconnect` as quart-trio does hangs
+the same way, so Quart is not needed; the asyncio worker does not hang because Quart's asyncio
+connection lets the handler task finish before cancelling the receiver.
+
+The fix
+-------
+`CancelSafeTCPServer` shields all of `protocol_send`, as hypercorn already shields its `RawData`
+branch: writing bytes, closing the socket and restarting the timer are the server's own
+bookkeeping and must not be cut short by the app's cancellation. Each branch is short (the socket
+write was already shielded), so the shield adds no new way to block. With it, a connection whose
+request body the app did not read is closed, as hypercorn intends, and every other one is recycled
+with its keep-alive timer running. `use_cancel_safe_tcp_server` swaps the class into the one place
+hypercorn's trio worker looks it up (`hypercorn.trio.run.TCPServer`), only for the hypercorn
+releases in `hypercorn_versions_with_cancel_unsafe_send`; with any other release it refuses to
+serve, so that someone checks whether the bug is still there (tests/api/test_keepalive.py).
+
+Upstream report and patch (pgjones/hypercorn)
+---------------------------------------------
+Title: trio worker: keep-alive connection hangs when the app is cancelled during its last send.
+The trio TCPServer.protocol_send runs in the ASGI app's task, and only its RawData branch is
+shielded. quart-trio (and any app that cancels itself on http.disconnect) is cancelled from within
+its final send, because StreamClosed -> _maybe_recycle -> _close_stream delivers http.disconnect;
+the Cancelled then surfaces in send_eof (Closed) or in the idle task's lock (Updated). With
+`requests`, a POST answered without reading its body leaves the socket open but abandoned, and the
+next request on it hangs forever; otherwise the keep-alive timeout stops working. Patch:
+
+    --- a/src/hypercorn/trio/tcp_server.py
+    +++ b/src/hypercorn/trio/tcp_server.py
+         async def protocol_send(self, event: Event) -> None:
+    +        # Called from the app's task, which may be cancelled at any time.
+    +        with trio.CancelScope(shield=True):
+    +            await self._protocol_send(event)
+    +
+    +    async def _protocol_send(self, event: Event) -> None:
+             if isinstance(event, RawData):
+                 async with self.send_lock:
+                     try:
+    -                    with trio.CancelScope() as cancel_scope:
+    -                        cancel_scope.shield = True
+    -                        await self.stream.send_all(event.data)
+    +                    await self.stream.send_all(event.data)
+
+The reader's `elif self.stream is None: break` also deserves a look: it leaves buffered events
+unparsed, which is harmless only because the connection is then closed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import types
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final
 
+import h11
 import hypercorn.config
+import hypercorn.events
+import hypercorn.protocol
+import hypercorn.protocol.events
+import hypercorn.protocol.h11
 import hypercorn.trio
+import hypercorn.trio.run
+import hypercorn.trio.tcp_server
 import trio
 
 # An idle keep-alive connection is closed after this long without a request.
@@ -24,7 +102,98 @@ request_head_bytes_max: Final = 16 * 1024
 # A connection is closed after this many requests, so clients spread over new connections.
 keep_alive_requests_max: Final = 10_000
 
+# A request body the app answered without reading is read and dropped, to keep the connection,
+# up to this many bytes; beyond it the connection is closed.
+request_body_discard_bytes_max: Final = 1024 * 1024
+# The hypercorn releases that have both bugs this module works around (see above).
+hypercorn_versions_with_known_bugs: Final = frozenset({"0.18.0"})
+
 ShutdownTrigger = Callable[[], Awaitable[None]]
+
+
+class CancelSafeTCPServer(hypercorn.trio.tcp_server.TCPServer):
+    """Hypercorn's trio TCPServer, with the connection's bookkeeping shielded from the app's
+    cancellation (see the module docstring)."""
+
+    async def protocol_send(self, event: hypercorn.events.Event) -> None:
+        with trio.CancelScope(shield=True):
+            await super().protocol_send(event)
+
+
+class RequestBodyDiscarder:
+    """Stands in for a finished request's stream while the rest of its body arrives: drops the
+    body, then recycles the connection, or closes it once more than the limit has come."""
+
+    def __init__(
+        self, *, recycle: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.recycle = recycle
+        self.close = close
+        self.discarded_bytes = 0
+
+    async def handle(self, event: hypercorn.protocol.events.Event) -> None:
+        if isinstance(event, hypercorn.protocol.events.Body):
+            self.discarded_bytes += len(event.data)
+            if self.discarded_bytes > request_body_discard_bytes_max:
+                await self.close()
+        elif isinstance(event, hypercorn.protocol.events.EndBody):
+            await self.recycle()
+
+
+class BodyDiscardingH11Protocol(hypercorn.protocol.h11.H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, keeping the connection when the app answers before the
+    request body has arrived (see the module docstring)."""
+
+    async def _maybe_recycle(self) -> None:
+        # Close the stream first, as the base class does: closing yields to the reader, which
+        # may meanwhile read the end of the body (and finding no stream, drop it).
+        await self._close_stream()
+        if not self._request_body_outlived_response():
+            await super()._maybe_recycle()
+            return
+        # The reader hands the rest of the body to `self.stream`; at its end, h11 is DONE on
+        # both sides and this method recycles the connection.
+        self.stream = RequestBodyDiscarder(  # type: ignore[assignment]
+            recycle=self._maybe_recycle,
+            close=partial(self.send, hypercorn.events.Closed()),
+        )
+        # The keep-alive timeout bounds how long the rest of the body may take.
+        await self.send(hypercorn.events.Updated(idle=True))
+
+    def _request_body_outlived_response(self) -> bool:
+        return (
+            isinstance(self.connection, h11.Connection)
+            and not self.context.terminated.is_set()
+            and self.connection.our_state is h11.DONE
+            and self.connection.their_state is h11.SEND_BODY
+        )
+
+
+def install_hypercorn_fixes() -> None:
+    """Make hypercorn serve connections with `CancelSafeTCPServer` and `BodyDiscardingH11Protocol`.
+
+    Idempotent. Raises if the installed hypercorn is not one these work-arounds were checked
+    against, or if something else has already replaced the classes."""
+    version = importlib.metadata.version("hypercorn")
+    if version not in hypercorn_versions_with_known_bugs:
+        raise RuntimeError(
+            f"hypercorn {version} has not been checked for the keep-alive bugs that "
+            "memora.api.http_server works around: run tests/api/test_keepalive.py without the "
+            "work-arounds, then add the version to hypercorn_versions_with_known_bugs or drop "
+            "the work-arounds"
+        )
+    replace_class(hypercorn.trio.run, "TCPServer", CancelSafeTCPServer)
+    replace_class(hypercorn.protocol, "H11Protocol", BodyDiscardingH11Protocol)
+
+
+def replace_class(module: types.ModuleType, name: str, subclass: type) -> None:
+    """Rebind `module.name`, which must be `subclass`'s base or `subclass` itself, to `subclass`."""
+    installed = vars(module)[name]
+    if installed is subclass:
+        return
+    if installed is not subclass.__base__:
+        raise RuntimeError(f"{module.__name__}.{name} is already replaced by {installed!r}")
+    setattr(module, name, subclass)
 
 
 def hypercorn_config(*, host: str, port: int, access_log: bool) -> hypercorn.config.Config:
@@ -64,6 +233,7 @@ async def serve_http(
     Once listening, reports the bound port through `task_status` (the real one when `port` is 0).
     Returns after in-flight requests finish or `graceful_timeout_s` passes.
     """
+    install_hypercorn_fixes()
     config = hypercorn_config(host=host, port=port, access_log=access_log)
     serve = partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger)
     async with trio.open_nursery() as nursery:
