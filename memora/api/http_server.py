@@ -1,6 +1,6 @@
 """Serving an ASGI app over HTTP/1.1 with hypercorn's trio worker, inside the caller's nursery.
 
-This module owns hypercorn's configuration (keep-alive, h11 limits, graceful shutdown, logs) and a
+This module owns hypercorn's configuration (keep-alive, h11 limits, graceful shutdown, logs) and
 work-arounds for two hypercorn bugs; it must not import the REST app or know its routes.
 
 The bug: a keep-alive connection hangs for good
