@@ -1,4 +1,4 @@
-"""`python -m memora.bench {core,raft} [flags]`: run a benchmark and print its table and JSON line.
+"""`python -m memora.bench {core,raft,http} [flags]`: run a benchmark, print its table and JSON.
 
 `--quick` shrinks every size for a run of about a minute; explicit flags still override it.
 """
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from memora.bench import raft
+from memora.bench import http, raft
 from memora.bench.core import Config, run
 
 QUICK: dict[str, Any] = {
@@ -23,6 +23,8 @@ QUICK: dict[str, Any] = {
     "sources": 300,
     "inserts": 300,
 }
+
+HTTP_QUICK: dict[str, Any] = {"nodes": 1_000, "requests": 500, "warmup": 50}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +70,35 @@ def parser() -> argparse.ArgumentParser:
     raft_parser.add_argument("--no-peer", action="store_true", help="skip PySyncObj")
     raft_parser.add_argument("--quick", action="store_true", help="1 s per phase")
     raft_parser.add_argument("--json-out", help="also write the result JSON to this path")
+    add_http_arguments(commands.add_parser("http", help="memora serve over loopback HTTP"))
     return top
+
+
+def add_http_arguments(http_parser: argparse.ArgumentParser) -> None:
+    defaults = http.Config()
+    flags: list[tuple[str, str]] = [
+        ("nodes", "nodes with vectors loaded before measuring"),
+        ("requests", "timed requests per round of one operation at one connection level"),
+        ("rounds", "measurement rounds; each value is the median over rounds"),
+        ("warmup", "untimed requests before each operation's rounds"),
+        ("load_batch", "nodes per batch request while loading"),
+        ("top_k", "top_k of the similar requests"),
+        ("seed", "seed of the vectors and of the ids requested"),
+    ]
+    for name, help_text in flags:
+        default = getattr(defaults, name)
+        http_parser.add_argument(
+            "--" + name.replace("_", "-"), type=int, help=f"{help_text} (default {default})"
+        )
+    http_parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        help=f"concurrent keep-alive connections, one level after another "
+        f"(default {' '.join(map(str, defaults.connections))})",
+    )
+    http_parser.add_argument("--quick", action="store_true", help="small sizes for a quick run")
+    http_parser.add_argument("--json-out", help="also write the result JSON to this path")
 
 
 def raft_config_from(arguments: argparse.Namespace) -> raft.Config:
@@ -81,6 +111,15 @@ def raft_config_from(arguments: argparse.Namespace) -> raft.Config:
         values["inflight"] = tuple(arguments.inflight)
     values["peer"] = not arguments.no_peer
     return raft.Config(**values)
+
+
+def http_config_from(arguments: argparse.Namespace) -> http.Config:
+    values: dict[str, Any] = dict(HTTP_QUICK) if arguments.quick else {}
+    for field in http.Config.__attrs_attrs__:
+        given = getattr(arguments, field.name, None)
+        if given is not None:
+            values[field.name] = tuple(given) if field.name == "connections" else given
+    return http.Config(**values)
 
 
 def config_from(arguments: argparse.Namespace) -> Config:
@@ -96,9 +135,14 @@ def config_from(arguments: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
-    assert arguments.bench in ("core", "raft"), arguments.bench
-    config: Config | raft.Config
-    config = config_from(arguments) if arguments.bench == "core" else raft_config_from(arguments)
+    config: Config | raft.Config | http.Config
+    if arguments.bench == "core":
+        config = config_from(arguments)
+    elif arguments.bench == "raft":
+        config = raft_config_from(arguments)
+    else:
+        assert arguments.bench == "http", arguments.bench
+        config = http_config_from(arguments)
     try:
         config.check()
     except ValueError as error:
@@ -106,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if isinstance(config, raft.Config):
         result = raft.run(config, sys.stdout, sys.stderr)
+    elif isinstance(config, http.Config):
+        result = http.run(config, sys.stdout, sys.stderr)
     else:
         result = run(config, sys.stdout, sys.stderr)
     if arguments.json_out:
