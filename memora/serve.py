@@ -35,10 +35,12 @@ process exits 0. A second signal during that skips the draining.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import math
 import os
 import re
+import resource
 import signal
 import sys
 import tomllib
@@ -76,6 +78,8 @@ FLAG_KEYS: Final = ("data_dir", "host", "http_port", "mcp_port")
 TOKEN_CHARACTERS_MIN: Final = 16
 BODY_BYTES_MAX_LIMIT: Final = 1 << 30
 REQUEST_TIMEOUT_S_MAX: Final = 3600.0
+# The soft limit on open files is raised to this when the hard limit is unlimited.
+OPEN_FILES_UNLIMITED_SOFT: Final = 65_536
 _TOKEN_PATTERN: Final = re.compile(r"[\x21-\x7e]+")  # Visible ASCII: safe in an HTTP header.
 _HOSTNAME_PATTERN: Final = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -330,6 +334,7 @@ def _check_tokens_unique(tokens: tuple[TokenGrant, ...]) -> None:
 def serve(config: ServeConfig, out: TextIO) -> int:
     """Open the node, serve until SIGINT or SIGTERM, shut down cleanly; returns the exit code."""
     say = partial(_say, out)
+    _raise_open_files_limit()
     try:
         driver = NodeDriver.open(config.data_dir, default_namespace=config.api.default_namespace)
     except (OSError, RaftStorageError, MemoraError) as error:
@@ -346,6 +351,17 @@ def serve(config: ServeConfig, out: TextIO) -> int:
         say(f"stopped: {failure}")
         return EXIT_FAILURE
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one. Every keep-alive connection holds a
+    descriptor, and the usual soft default (1024) would cap the server near 1,000 connections.
+    A limit that cannot be raised is left as it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_UNLIMITED_SOFT if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _say(out: TextIO, line: str) -> None:

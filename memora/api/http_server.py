@@ -51,6 +51,19 @@ releases in `hypercorn_versions_with_known_bugs`; with any other release it refu
 that someone checks whether the bugs are still there (tests/api/test_keepalive.py fails on
 0.18.0 without them).
 
+A third problem: accepting under load
+-------------------------------------
+trio's `SocketListener.accept` takes one connection and then yields to the scheduler, and the
+scheduler runs every other runnable task once before the accept loop's next turn. A server busy
+with its open connections runs a whole batch of request work between two accepts: with 440
+clients keeping the node busy, 560 more waited over 30 seconds in the listen queue (the load
+test, tests/test_load.py, saw it). `BacklogDrainingListener` takes every connection already
+queued at once (up to `accept_burst_connections_max`), then hands them out one per `accept` call
+without yielding, so each scheduler turn of the accept loop empties the queue.
+Hypercorn's trio worker builds its listeners with `trio.SocketListener` inside `worker_serve`,
+so `install_hypercorn_fixes` gives `hypercorn.trio.run` a view of trio in which that name is
+`BacklogDrainingListener` (`TrioForHypercorn`); nothing else sees it.
+
 Upstream report and patch (pgjones/hypercorn)
 ---------------------------------------------
 Title: trio worker: keep-alive connection hangs when the app is cancelled during its last send.
@@ -85,7 +98,10 @@ leaves buffered events unparsed, harmless only while the connection is then clos
 
 from __future__ import annotations
 
+import collections
 import importlib.metadata
+import os
+import socket
 import types
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -111,10 +127,16 @@ graceful_timeout_s: Final = 5.0
 request_head_bytes_max: Final = 16 * 1024
 # A connection is closed after this many requests, so clients spread over new connections.
 keep_alive_requests_max: Final = 10_000
+# Connections the kernel queues until the server accepts them (hypercorn's default is 100). A
+# burst of connects beyond it has its SYNs dropped and retried a second or more later; the kernel
+# caps the value at net.core.somaxconn.
+listen_backlog_connections: Final = 1024
 
 # A request body the app answered without reading is read and dropped, to keep the connection,
 # up to this many bytes; beyond it the connection is closed.
 request_body_discard_bytes_max: Final = 1024 * 1024
+# Connections taken from the listen queue at once, after the one trio's accept waited for.
+accept_burst_connections_max: Final = 256
 # The hypercorn releases that have both bugs this module works around (see above).
 hypercorn_versions_with_known_bugs: Final = frozenset({"0.18.0"})
 
@@ -179,8 +201,58 @@ class BodyDiscardingH11Protocol(hypercorn.protocol.h11.H11Protocol):
         )
 
 
+class BacklogDrainingListener(trio.abc.Listener[trio.SocketStream]):
+    """trio's SocketListener, taking every connection already in the listen queue at once, so
+    that a busy server still accepts promptly (see the module docstring)."""
+
+    def __init__(self, listening: trio.socket.SocketType) -> None:
+        self._listener = trio.SocketListener(listening)
+        # A second descriptor on the same listening socket, to accept without a checkpoint.
+        self._queue = socket.socket(fileno=os.dup(listening.fileno()))
+        self._queue.setblocking(False)
+        self._accepted: collections.deque[trio.SocketStream] = collections.deque()
+
+    async def accept(self) -> trio.SocketStream:
+        if self._accepted:
+            # No checkpoint: the accept loop hands out the whole burst in one scheduler turn.
+            return self._accepted.popleft()
+        stream = await self._listener.accept()
+        self._accept_queued()
+        return stream
+
+    def _accept_queued(self) -> None:
+        for _ in range(accept_burst_connections_max):
+            try:
+                connection, _ = self._queue.accept()
+            except OSError:
+                # Nothing queued (EAGAIN), or out of descriptors: trio's next accept meets the
+                # latter again, and its serve loop waits and retries.
+                return
+            self._accepted.append(trio.SocketStream(trio.socket.from_stdlib_socket(connection)))
+
+    async def aclose(self) -> None:
+        self._queue.close()
+        while self._accepted:
+            await trio.aclose_forcefully(self._accepted.popleft())
+        await self._listener.aclose()
+
+
+class TrioForHypercorn(types.ModuleType):
+    """trio as `hypercorn.trio.run` sees it: trio itself, with `BacklogDrainingListener` as
+    its `SocketListener`."""
+
+    SocketListener = BacklogDrainingListener
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio, name)
+
+
+_TRIO_FOR_HYPERCORN: Final = TrioForHypercorn("trio")
+
+
 def install_hypercorn_fixes() -> None:
-    """Make hypercorn serve connections with `CancelSafeTCPServer` and `BodyDiscardingH11Protocol`.
+    """Make hypercorn serve connections with `CancelSafeTCPServer` and `BodyDiscardingH11Protocol`,
+    and accept them with `BacklogDrainingListener`.
 
     Idempotent. Raises if the installed hypercorn is not one these work-arounds were checked
     against, or if something else has already replaced the classes."""
@@ -194,6 +266,10 @@ def install_hypercorn_fixes() -> None:
         )
     replace_class(hypercorn.trio.run, "TCPServer", CancelSafeTCPServer)
     replace_class(hypercorn.protocol, "H11Protocol", BodyDiscardingH11Protocol)
+    seen_trio = vars(hypercorn.trio.run)["trio"]
+    if seen_trio is not trio and seen_trio is not _TRIO_FOR_HYPERCORN:
+        raise RuntimeError(f"hypercorn.trio.run.trio is already replaced by {seen_trio!r}")
+    hypercorn.trio.run.trio = _TRIO_FOR_HYPERCORN  # type: ignore[attr-defined]
 
 
 def replace_class(module: types.ModuleType, name: str, subclass: type) -> None:
@@ -214,6 +290,7 @@ def hypercorn_config(*, host: str, port: int, access_log: bool) -> hypercorn.con
     config.graceful_timeout = graceful_timeout_s
     config.h11_max_incomplete_size = request_head_bytes_max
     config.keep_alive_max_requests = keep_alive_requests_max
+    config.backlog = listen_backlog_connections
     config.accesslog = "-" if access_log else None
     config.errorlog = "-"
     return config

@@ -28,9 +28,11 @@ table and one `BENCH_JSON ` line go to stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -41,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -179,9 +182,12 @@ class ServerProcessError(Exception):
 
 
 class ServerProcess:
-    """`python -m memora serve` on a free loopback port; its output is collected line by line."""
+    """`python -m memora serve` on a free loopback port; its output is collected line by line.
 
-    def __init__(self, data_dir: str) -> None:
+    `open_files_soft_limit`, if given, is the soft limit on open files the server starts with
+    (it raises its own at start-up)."""
+
+    def __init__(self, data_dir: str, *, open_files_soft_limit: int | None = None) -> None:
         command = [sys.executable, "-m", "memora", "serve", "--data-dir", data_dir]
         self.process = subprocess.Popen(
             [*command, "--host", LOOPBACK_HOST, "--http-port", "0"],
@@ -189,6 +195,9 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # One pipe, always drained by the reader thread.
             text=True,
+            preexec_fn=None
+            if open_files_soft_limit is None
+            else partial(_lower_open_files_soft_limit, open_files_soft_limit),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read_output, daemon=True)
@@ -248,6 +257,34 @@ class ServerProcess:
 
     def output(self) -> str:
         return "\n".join(self.lines)
+
+    def open_files_soft_limit(self) -> int | None:
+        """The server's soft limit on open files, or None without /proc."""
+        try:
+            limits = Path(f"/proc/{self.pid}/limits").read_text()
+        except OSError:
+            return None
+        match = re.search(r"^Max open files\s+(\S+)", limits, re.MULTILINE)
+        assert match is not None, limits
+        return resource.RLIM_INFINITY if match.group(1) == "unlimited" else int(match.group(1))
+
+    def open_sockets(self) -> int | None:
+        """How many sockets the server has open, or None without /proc."""
+        directory = f"/proc/{self.pid}/fd"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return None
+        links = []
+        for name in names:
+            with contextlib.suppress(OSError):  # Closed since the listing.
+                links.append(os.readlink(os.path.join(directory, name)))
+        return sum(link.startswith("socket:") for link in links)
+
+
+def _lower_open_files_soft_limit(soft: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # -- Measuring ------------------------------------------------------------------------------------
