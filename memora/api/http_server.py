@@ -64,6 +64,15 @@ Hypercorn's trio worker builds its listeners with `trio.SocketListener` inside `
 so `install_hypercorn_fixes` gives `hypercorn.trio.run` a view of trio in which that name is
 `BacklogDrainingListener` (`TrioForHypercorn`); nothing else sees it.
 
+One write per response
+----------------------
+Hypercorn sends a response's head, each body chunk and its end as separate socket writes, each
+under the connection's send lock and a cancel scope. `CoalescingH11Protocol` holds them until
+the end of the response (up to `response_coalesce_bytes_max`) and writes them at once: on
+loopback that cut the server's CPU time per request by about 9% for `GET /api/v1/health` and
+6% for `GET /api/v1/nodes/{id}` (medians of 6 alternating rounds of 400 requests, a busy 2-core
+machine), and the client gets a response in one segment instead of two.
+
 Upstream report and patch (pgjones/hypercorn)
 ---------------------------------------------
 Title: trio worker: keep-alive connection hangs when the app is cancelled during its last send.
@@ -117,6 +126,7 @@ import hypercorn.protocol.h11
 import hypercorn.trio
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
+import hypercorn.typing
 import trio
 
 # An idle keep-alive connection is closed after this long without a request.
@@ -135,6 +145,8 @@ listen_backlog_connections: Final = 1024
 # A request body the app answered without reading is read and dropped, to keep the connection,
 # up to this many bytes; beyond it the connection is closed.
 request_body_discard_bytes_max: Final = 1024 * 1024
+# A response is held until its end, to be sent in one write, up to this many bytes.
+response_coalesce_bytes_max: Final = 64 * 1024
 # Connections taken from the listen queue at once, after the one trio's accept waited for.
 accept_burst_connections_max: Final = 256
 # The hypercorn releases that have both bugs this module works around (see above).
@@ -201,6 +213,39 @@ class BodyDiscardingH11Protocol(hypercorn.protocol.h11.H11Protocol):
         )
 
 
+class CoalescingH11Protocol(BodyDiscardingH11Protocol):
+    """Sends a response's head, body and end in one write where hypercorn makes three (see the
+    module docstring). A body larger than `response_coalesce_bytes_max` is sent as it comes."""
+
+    _held = b""  # The response bytes not sent yet; per connection once assigned.
+
+    async def _send_h11_event(self, event: hypercorn.typing.H11SendableEvent) -> None:
+        if not isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
+            await self._flush_held()
+            await super()._send_h11_event(event)
+            return
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        assert data is not None, event
+        self._held += data
+        if isinstance(event, h11.EndOfMessage) or len(self._held) > response_coalesce_bytes_max:
+            await self._flush_held()
+
+    async def stream_send(self, event: hypercorn.protocol.events.Event) -> None:
+        if isinstance(event, hypercorn.protocol.events.StreamClosed):
+            await self._flush_held()  # A response cut short still sends what it had.
+        await super().stream_send(event)
+
+    async def _flush_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            await self.send(hypercorn.events.RawData(data=held))
+
+
 class BacklogDrainingListener(trio.abc.Listener[trio.SocketStream]):
     """trio's SocketListener, taking every connection already in the listen queue at once, so
     that a busy server still accepts promptly (see the module docstring)."""
@@ -251,8 +296,8 @@ _TRIO_FOR_HYPERCORN: Final = TrioForHypercorn("trio")
 
 
 def install_hypercorn_fixes() -> None:
-    """Make hypercorn serve connections with `CancelSafeTCPServer` and `BodyDiscardingH11Protocol`,
-    and accept them with `BacklogDrainingListener`.
+    """Make hypercorn serve connections with `CancelSafeTCPServer` and `CoalescingH11Protocol`
+    (a `BodyDiscardingH11Protocol`), and accept them with `BacklogDrainingListener`.
 
     Idempotent. Raises if the installed hypercorn is not one these work-arounds were checked
     against, or if something else has already replaced the classes."""
@@ -265,7 +310,7 @@ def install_hypercorn_fixes() -> None:
             "the work-arounds"
         )
     replace_class(hypercorn.trio.run, "TCPServer", CancelSafeTCPServer)
-    replace_class(hypercorn.protocol, "H11Protocol", BodyDiscardingH11Protocol)
+    replace_class(hypercorn.protocol, "H11Protocol", CoalescingH11Protocol)
     seen_trio = vars(hypercorn.trio.run)["trio"]
     if seen_trio is not trio and seen_trio is not _TRIO_FOR_HYPERCORN:
         raise RuntimeError(f"hypercorn.trio.run.trio is already replaced by {seen_trio!r}")
@@ -273,11 +318,12 @@ def install_hypercorn_fixes() -> None:
 
 
 def replace_class(module: types.ModuleType, name: str, subclass: type) -> None:
-    """Rebind `module.name`, which must be `subclass`'s base or `subclass` itself, to `subclass`."""
+    """Rebind `module.name`, which must be hypercorn's own class (one of `subclass`'s bases) or
+    `subclass` itself, to `subclass`."""
     installed = vars(module)[name]
     if installed is subclass:
         return
-    if installed is not subclass.__base__:
+    if installed not in subclass.__mro__ or not installed.__module__.startswith("hypercorn."):
         raise RuntimeError(f"{module.__name__}.{name} is already replaced by {installed!r}")
     setattr(module, name, subclass)
 
