@@ -4,11 +4,15 @@ not the speed."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
+import trio
 
 from memora.bench import http
 from memora.bench.__main__ import main
+
+CLOSING_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 def test_http_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,3 +47,26 @@ def test_http_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 def test_http_bench_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["http", "--connections", "0"]) == 2
     assert "connection level" in capsys.readouterr().err
+
+
+@pytest.mark.trio
+async def test_the_client_reconnects_when_the_server_asks_it_to_close() -> None:
+    """hypercorn closes a connection after `keep_alive_requests_max` requests, saying so."""
+    accepted: list[int] = []
+
+    async def answer_once_then_close(stream: trio.SocketStream) -> None:
+        accepted.append(len(accepted))
+        await stream.receive_some(65536)
+        await stream.send_all(CLOSING_ANSWER)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        serve = partial(trio.serve_tcp, answer_once_then_close, 0, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        port = listeners[0].socket.getsockname()[1]
+        connection = await http.HttpConnection.open("127.0.0.1", port)
+        for _ in range(3):
+            assert await connection.send(http.Request("GET", "/")) == http.Response(200, b"ok")
+        assert (connection.reconnections, len(accepted)) == (2, 3)
+        await connection.aclose()
+        nursery.cancel_scope.cancel()

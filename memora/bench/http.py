@@ -101,7 +101,7 @@ class Config:
 
 
 class HttpClientError(Exception):
-    """The server closed the connection, or answered something that is not HTTP/1.1."""
+    """The connection broke or was closed before the answer, or the answer is not HTTP/1.1."""
 
 
 @attrs.frozen
@@ -118,56 +118,77 @@ class Response:
 
 
 class HttpConnection:
-    """One keep-alive HTTP/1.1 connection (h11 over a trio socket); one request at a time."""
+    """One keep-alive HTTP/1.1 connection (h11 over a trio socket); one request at a time.
 
-    def __init__(self, stream: trio.SocketStream, host: str) -> None:
-        self._stream = stream
+    When the server answers with `Connection: close` (hypercorn does after
+    `keep_alive_requests_max` requests), the next request opens a new connection and counts
+    it in `reconnections`; a connection that breaks otherwise raises `HttpClientError`."""
+
+    def __init__(self, stream: trio.SocketStream, host: str, port: int) -> None:
+        self._stream: trio.SocketStream | None = stream
         self._host = host
+        self._port = port
         self._protocol = h11.Connection(h11.CLIENT)
+        self.reconnections = 0
 
     @classmethod
     async def open(cls, host: str, port: int) -> HttpConnection:
-        stream = await trio.open_tcp_stream(host, port)
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        return cls(stream, host)
+        return cls(await _open_stream(host, port), host, port)
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
 
     async def send(self, request: Request) -> Response:
         """Send `request` and read its whole response; the connection stays open for the next."""
+        if self._stream is None:
+            self._stream = await _open_stream(self._host, self._port)
+            self._protocol = h11.Connection(h11.CLIENT)
+            self.reconnections += 1
+        try:
+            await self._stream.send_all(self._encode(request))
+            response = await self._receive(self._stream)
+        except (h11.ProtocolError, trio.BrokenResourceError) as error:
+            # h11 reports a connection the server closed before answering as a protocol error.
+            raise HttpClientError(f"{request.method} {request.target}: {error}") from error
+        if self._protocol.our_state is h11.MUST_CLOSE:
+            await self.aclose()
+        else:
+            self._protocol.start_next_cycle()
+        return response
+
+    def _encode(self, request: Request) -> bytes:
         headers = [("Host", self._host), ("Content-Length", str(len(request.body)))]
         if request.body:
             headers.append(("Content-Type", "application/json"))
-        outgoing = self._protocol.send(
-            h11.Request(method=request.method, target=request.target, headers=headers)
-        )
-        assert outgoing is not None
+        head = h11.Request(method=request.method, target=request.target, headers=headers)
+        encoded = self._protocol.send(head) or b""
         if request.body:
-            outgoing += self._protocol.send(h11.Data(data=request.body)) or b""
-        outgoing += self._protocol.send(h11.EndOfMessage()) or b""
-        await self._stream.send_all(outgoing)
-        response = await self._receive()
-        self._protocol.start_next_cycle()
-        return response
+            encoded += self._protocol.send(h11.Data(data=request.body)) or b""
+        return encoded + (self._protocol.send(h11.EndOfMessage()) or b"")
 
-    async def _receive(self) -> Response:
+    async def _receive(self, stream: trio.SocketStream) -> Response:
         status = 0
         body = bytearray()
         while True:
             event = self._protocol.next_event()
             if event is h11.NEED_DATA:
-                self._protocol.receive_data(await self._stream.receive_some(receive_bytes_max))
+                self._protocol.receive_data(await stream.receive_some(receive_bytes_max))
             elif isinstance(event, h11.Response):
                 status = event.status_code
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return Response(status, bytes(body))
-            elif isinstance(event, h11.ConnectionClosed):
-                raise HttpClientError("the server closed the connection")
             elif not isinstance(event, h11.InformationalResponse):
                 raise HttpClientError(f"unexpected HTTP event {event!r}")
+
+
+async def _open_stream(host: str, port: int) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream(host, port)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    return stream
 
 
 def json_request(method: str, target: str, body: Any) -> Request:
