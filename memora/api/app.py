@@ -23,9 +23,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from memora.api import auth, openapi, schemas
 from memora.api.arguments import Arguments, parse_json_body
 from memora.api.errors import (
+    BodyTooLargeError,
     MethodNotAllowedError,
     RequestTimeoutError,
     RouteNotFoundError,
+    UnprocessableError,
     error_body,
     error_headers,
     status_of,
@@ -41,7 +43,7 @@ from memora.api.routing import (
 )
 from memora.api.settings import ApiSettings
 from memora.core import constants, validate
-from memora.core.errors import LimitError, MemoraError, ValidationError
+from memora.core.errors import MemoraError, ValidationError
 from memora.net.node_api import NodeApi
 
 logger = logging.getLogger(__name__)
@@ -145,7 +147,8 @@ def _client_session(endpoint: Endpoint) -> tuple[str | None, int]:
     sequence = headers.integer(SEQUENCE_HEADER, 1, sequence_max, None)
     if (client_id is None) != (sequence is None):
         message = f"{CLIENT_ID_HEADER} and {SEQUENCE_HEADER} go together: give both or neither"
-        raise ValidationError(message, SEQUENCE_HEADER if sequence is None else CLIENT_ID_HEADER)
+        field = SEQUENCE_HEADER if sequence is None else CLIENT_ID_HEADER
+        raise UnprocessableError(message, field)  # OpenAPI cannot tie two headers together.
     if client_id == "":
         raise ValidationError(f"{CLIENT_ID_HEADER} must not be empty", CLIENT_ID_HEADER)
     return client_id, sequence or 0
@@ -184,7 +187,7 @@ def _http_exception_answer(error: HTTPException) -> Response:
     if status == 404:
         return error_response(RouteNotFoundError(f"no endpoint at {request.path}"))
     if status == 413:
-        return error_response(LimitError("the request body is too large", "body"))
+        return error_response(BodyTooLargeError("the request body is too large", "body"))
     if status == 408:
         return error_response(RequestTimeoutError("the request body did not arrive in time"))
     message = error.description or error.name

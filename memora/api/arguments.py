@@ -4,7 +4,8 @@ What lives here: `Arguments`, whose getters turn a raw value into the type a han
 raise a typed error naming the field (`ValidationError` for a malformed value, `LimitError` for
 one past a limit of `memora.core.constants`), and `parse_json_body`. Query strings carry text, so
 there numbers and booleans are parsed from their spelling; a JSON body carries typed values,
-which are taken as they are (a JSON `true` is never a number, `"5"` never an integer).
+which are taken as they are (a JSON `true` is never a number, `"5"` never an integer, and `5.0`
+is the integer 5, as JSON Schema has it).
 What must not: defaults or limits of its own (the callers pass them), or any look at state.
 """
 
@@ -104,6 +105,8 @@ class Arguments:
             if not isinstance(value, str) or not _QUERY_INTEGER.fullmatch(value):
                 raise ValidationError(f"{self.field(name)} must be an integer", self.field(name))
             value = int(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON (and JSON Schema) counts 5.0 as the integer 5.
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValidationError(f"{self.field(name)} must be an integer", self.field(name))
         return _in_range(value, minimum, maximum, self.field(name))
@@ -130,10 +133,14 @@ class Arguments:
             raise ValidationError(f"{self.field(name)} must be true or false", self.field(name))
         return value
 
-    def text(self, name: str, bytes_max: int, default: Any = REQUIRED) -> Any:
+    def text(
+        self, name: str, bytes_max: int, default: Any = REQUIRED, *, empty_ok: bool = True
+    ) -> Any:
         value = self._get(name, default)
         if value is None:
             return default
+        if value == "" and not empty_ok:
+            raise ValidationError(f"{self.field(name)} must not be empty", self.field(name))
         return _text(value, bytes_max, self.field(name))
 
     def choice(self, name: str, choices: tuple[ChoiceT, ...], default: Any = REQUIRED) -> Any:

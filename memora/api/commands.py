@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from memora.api import schemas
 from memora.api.arguments import Arguments
+from memora.api.errors import UnprocessableError
+from memora.api.routing import refusals_as_unprocessable
 from memora.core import constants, validate
 from memora.core.errors import MemoraError, ValidationError
 from memora.core.types import (
@@ -122,7 +124,7 @@ def batch_command(item: Any, position: int, embed: Embed | None) -> SimpleComman
     if not isinstance(item, dict):
         raise ValidationError("a batch command must be a JSON object", f"commands[{position}]")
     op = item.get("op")
-    if op not in schemas.BATCH_COMMANDS:
+    if not isinstance(op, str) or op not in schemas.BATCH_COMMANDS:
         choices = ", ".join(schemas.BATCH_COMMANDS)
         raise ValidationError(f"op must be one of {choices}", prefix + "op")
     allowed = schemas.BATCH_COMMANDS[op]["properties"]
@@ -157,7 +159,7 @@ def _vector_or_embedding(args: Arguments, text: str | None, embed: Embed | None)
         return vector
     if vector is not None or text is None:
         message = "embed needs text and no vector: it stores the text's embedding as the vector"
-        raise ValidationError(message, args.field("embed"))
+        raise UnprocessableError(message, args.field("embed"))
     assert embed is not None, "the handler fetches an embedder when a body asks for one"
     return embed(text)
 
@@ -166,7 +168,8 @@ def _properties(args: Arguments, default: Any) -> Any:
     value = args.mapping("properties", default)
     if value is default:
         return value
-    return _with_field(args, lambda: validate.properties(value))
+    with refusals_as_unprocessable():  # The schema states a map, not its values' rules.
+        return _with_field(args, lambda: validate.properties(value))
 
 
 def _provenance(args: Arguments) -> Provenance | None:
@@ -186,6 +189,10 @@ def _provenance(args: Arguments) -> Provenance | None:
             "valid_to_ms", constants.int_property_min, constants.int_property_max, None
         ),
     )
+    start, end = provenance.valid_from_ms, provenance.valid_to_ms
+    if start is not None and end is not None and start > end:  # A rule across two fields.
+        message = "valid_from_ms must not be after valid_to_ms"
+        raise UnprocessableError(message, given.field("valid_to_ms"))
     _with_field(given, lambda: validate.provenance(provenance))
     return provenance
 

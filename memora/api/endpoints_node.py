@@ -13,11 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from memora.api import commands, parameters
+from memora.api import commands, parameters, schemas
 from memora.api.representation import namespace_json
 from memora.api.routing import Answer, Call, Endpoint, Parameter, Tenancy
 from memora.api.settings import ALL_NAMESPACES, Role
-from memora.core import constants
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _PROMETHEUS_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_:]")
@@ -45,7 +44,10 @@ def _prometheus_number(value: float | int) -> str:
 
 
 async def health(call: Call) -> Answer:
-    return Answer(200, call.node.health())
+    """The node's health without what only its operator should see: the endpoint needs no token,
+    so it names only the fields of the `Health` schema (not, say, the data directory's path)."""
+    reported = call.node.health()
+    return Answer(200, {name: reported[name] for name in schemas.HEALTH_FIELDS})
 
 
 def metrics_of(call: Call) -> dict[str, float | int]:
@@ -93,7 +95,7 @@ async def list_namespaces(call: Call) -> Answer:
 _NAME: Final = Parameter(
     "name",
     "path",
-    {"type": "string", "maxLength": constants.namespace_name_bytes_max},
+    schemas.NAMESPACE_NAME,
     "The namespace's name.",
     required=True,
 )

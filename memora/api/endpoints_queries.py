@@ -12,11 +12,19 @@ from typing import Final
 
 from memora.api import parameters
 from memora.api.arguments import Arguments
+from memora.api.errors import UnprocessableError
 from memora.api.representation import hybrid_hit_json, related_json, similar_json
-from memora.api.routing import Answer, Call, Endpoint, Parameter, as_of, reader
+from memora.api.routing import (
+    Answer,
+    Call,
+    Endpoint,
+    Parameter,
+    as_of,
+    reader,
+    refusals_as_unprocessable,
+)
 from memora.api.settings import Role
 from memora.core import constants, queries
-from memora.core.errors import ValidationError
 from memora.core.namespace import NamespaceState
 from memora.core.types import FloatArray
 from memora.service.arguments import kinds_set, similarity_target, text_embedder
@@ -44,13 +52,14 @@ async def related(call: Call) -> Answer:
 async def similar(call: Call) -> Answer:
     node_id = parameters.path_id(call, "node_id")
     top_k = call.query.integer("top_k", 1, constants.top_k_max, 10)
-    label = call.query.text("label", constants.label_bytes_max, None)
+    label = call.query.text("label", constants.label_bytes_max, None, empty_ok=False)
     exact = call.query.boolean("exact", False)
     ef = call.query.integer("ef", 1, constants.hnsw_ef_search_max, None)
     replica = await call.read(call.query)
     at = as_of(call.query)
     ns = reader(call, replica, at)
-    vector, exclude = similarity_target(ns, node_id, at)
+    with refusals_as_unprocessable():  # The node may have no vector.
+        vector, exclude = similarity_target(ns, node_id, at)
     hits = queries.similar(ns, vector, top_k, label, exact, ef, at, exclude)
     body = {"hits": [similar_json(hit) for hit in hits], "applied_index": replica.applied_index}
     return Answer(200, body)
@@ -62,7 +71,7 @@ async def hybrid(call: Call) -> Answer:
     body = call.json_body()
     references = [name for name in ("vector", "text") if body.given(name)]
     if len(references) > 1 or not (references or body.given("node_id")):
-        raise ValidationError("give node_id, or one of vector and text, or both", "node_id")
+        raise UnprocessableError("give node_id, or one of vector and text, or both", "node_id")
     depth = body.integer("depth", 1, constants.depth_max, 1)
     top_k = body.integer("top_k", 1, constants.top_k_max, 10)
     kinds = kinds_set(body.text_list("kinds", constants.edge_kind_bytes_max, constants.top_k_max))
@@ -74,12 +83,15 @@ async def hybrid(call: Call) -> Answer:
     if body.given("node_id"):
         _refuse_vector_options(body)
         node_id = body.integer("node_id", constants.record_id_min, constants.record_id_max)
-        ranked = queries.hybrid_around_node(ns, node_id, depth, top_k, vector, kinds, direction, at)
+        with refusals_as_unprocessable():  # Without vector or text, the node must have a vector.
+            ranked = queries.hybrid_around_node(
+                ns, node_id, depth, top_k, vector, kinds, direction, at
+            )
         hits = [similar_json(hit) for hit in ranked]
         mode = "node"
     else:
         assert vector is not None
-        label = body.text("label", constants.label_bytes_max, None)
+        label = body.text("label", constants.label_bytes_max, None, empty_ok=False)
         exact = body.boolean("exact", False)
         found = queries.hybrid_from_vector(
             ns, vector, top_k, depth, label, kinds, direction, exact, at
@@ -92,7 +104,7 @@ async def hybrid(call: Call) -> Answer:
 def _refuse_vector_options(body: Arguments) -> None:
     for name in ("label", "exact"):
         if body.given(name):
-            raise ValidationError(f"{name} applies to a query without node_id", name)
+            raise UnprocessableError(f"{name} applies to a query without node_id", name)
 
 
 def _query_vector(ns: NamespaceState, body: Arguments) -> FloatArray:
@@ -120,8 +132,7 @@ ENDPOINTS: Final = (
         parameters=(
             parameters.NODE_ID,
             _integer("depth", 1, constants.depth_max, 1, "Hops to walk."),
-            Parameter("kinds", "query", {"type": "string"},
-                      "Edge kinds to follow, comma-separated; all if absent."),
+            parameters.KINDS_FILTER,
             Parameter("direction", "query", {"type": "string", "enum": list(_DIRECTIONS)},
                       "Follow edges out of, into, or both ways (the default)."),
             _integer("limit", 1, constants.list_limit_max, constants.list_limit_max,
@@ -136,8 +147,7 @@ ENDPOINTS: Final = (
         parameters=(
             parameters.NODE_ID,
             _integer("top_k", 1, constants.top_k_max, 10, "How many hits."),
-            Parameter("label", "query", {"type": "string", "minLength": 1},
-                      "Only nodes of this label."),
+            parameters.LABEL_FILTER,
             Parameter("exact", "query", {"type": "boolean", "default": False},
                       "Brute force instead of the HNSW index."),
             Parameter("ef", "query",

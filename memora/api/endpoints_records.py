@@ -58,7 +58,7 @@ async def delete_node(call: Call) -> Answer:
 
 
 async def list_nodes(call: Call) -> Answer:
-    label = call.query.text("label", constants.label_bytes_max, None)
+    label = call.query.text("label", constants.label_bytes_max, None, empty_ok=False)
     after = call.query.integer("after", 0, constants.record_id_max, 0)
     limit = call.query.integer("limit", 1, constants.list_limit_max, 100)
     replica = await call.read(call.query)
@@ -218,12 +218,6 @@ _PAGE_LIMIT: Final = Parameter(
 _DIRECTION: Final = Parameter(
     "direction", "query", {"type": "string", "enum": ["out", "in", "both"]}, "Default both."
 )
-_KINDS: Final = Parameter(
-    "kinds", "query", {"type": "string"}, "Edge kinds to follow, comma-separated; all if absent."
-)
-_LABEL: Final = Parameter(
-    "label", "query", {"type": "string", "minLength": 1}, "Only nodes of this label."
-)
 _AFTER: Final = Parameter("after", "query", schemas.INDEX, "Cursor: ids after it.")
 _AFTER_VERSION: Final = Parameter(
     "after_version", "query", schemas.INDEX, "Cursor: versions after it."
@@ -234,7 +228,7 @@ ENDPOINTS: Final = (
              "NodeWritten", 201, _WRITE, "NodeInsert", writes=True),
     Endpoint("GET", "/api/v1/nodes", "listNodes", "List nodes by id, optionally of one label",
              Role.READ, list_nodes, "NodePage",
-             parameters=(_LABEL, _AFTER, _PAGE_LIMIT, *_READ),
+             parameters=(parameters.LABEL_FILTER, _AFTER, _PAGE_LIMIT, *_READ),
              description="Pages are ordered by id; pass next_after as after for the next one."),
     Endpoint("GET", "/api/v1/nodes/{node_id}", "getNode", "Get a node", Role.READ, get_node,
              "NodeRead", parameters=_NODE_READ),
@@ -249,7 +243,7 @@ ENDPOINTS: Final = (
              parameters=(parameters.NODE_ID, _AFTER_VERSION, _PAGE_LIMIT, *_READ)),
     Endpoint("GET", "/api/v1/nodes/{node_id}/edges", "nodeEdges", "The edges touching a node",
              Role.READ, node_edges, "EdgeList",
-             parameters=(parameters.NODE_ID, _DIRECTION, _KINDS, *_READ)),
+             parameters=(parameters.NODE_ID, _DIRECTION, parameters.KINDS_FILTER, *_READ)),
     Endpoint("GET", "/api/v1/nodes/{node_id}/observations", "nodeObservations",
              "A node's observations", Role.READ, node_observations, "ObservationList",
              parameters=_NODE_READ),

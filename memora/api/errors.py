@@ -45,22 +45,41 @@ class MethodNotAllowedError(MemoraError):
         self.allowed = allowed
 
 
+class BodyTooLargeError(MemoraError):
+    """The request body is larger than the configured limit (`body_bytes_max`)."""
+
+    code = "body_too_large"
+
+
+class UnprocessableError(MemoraError):
+    """The request matches the published schema but breaks a rule the schema cannot state: two
+    fields that exclude each other, or an index or record the state does not allow."""
+
+    code = "unprocessable"
+
+
 class RequestTimeoutError(MemoraError):
     """The request did not finish within the configured time; a write's outcome is unknown."""
 
     code = "timeout"
 
 
+# 400 means the request does not match `/openapi.json` (a type, range, pattern, enum, required or
+# unknown field, or malformed JSON). A request that matches it but is refused all the same gets
+# 422: a limit JSON Schema cannot count (UTF-8 bytes rather than characters), a rule joining two
+# fields, or the state (a vector of another dimension than the namespace's).
 STATUS_BY_CODE: Final[dict[str, int]] = {
     "invalid": 400,
     "bad_encoding": 400,
     "wrong_dimension": 422,
+    "too_large": 422,
+    "unprocessable": 422,
     "unauthenticated": 401,
     "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
-    "too_large": 413,
+    "body_too_large": 413,
     "unavailable": 503,
     "not_leader": 503,
     "closed": 503,

@@ -17,13 +17,18 @@ from memora.api import endpoints_node, endpoints_queries, endpoints_records, sch
 from memora.api.routing import Answer, Call, Endpoint, Parameter, Tenancy
 
 _ERROR_DESCRIPTIONS: Final = {
-    400: "Malformed input (code invalid or bad_encoding); `field` names it.",
+    400: "The request does not match this document: a wrong type, a value out of range, a "
+    "missing or unknown field, malformed JSON (code invalid or bad_encoding); `field` names it.",
     401: "No bearer token, or an unknown one (code unauthenticated).",
     403: "The token's role or namespaces do not cover this request (code forbidden).",
     404: "A record or namespace that does not exist (code not_found).",
     409: "A duplicate id or unique name, or a superseded client sequence (code conflict).",
-    413: "A body larger than the limit, or a value past a limit (code too_large).",
-    422: "A vector whose length is not the namespace's dimension (code wrong_dimension).",
+    413: "The request body is larger than the server's limit (code body_too_large).",
+    422: "The request matches this document but is refused: a text over its limit in UTF-8 bytes "
+    "or another limit (code too_large), a vector whose length is not the namespace's dimension "
+    "(code wrong_dimension), or a rule joining fields or the state (code unprocessable: fields "
+    "that exclude each other, an as_of after the applied index, a min_commit_index no write has "
+    "returned, a node without a vector).",
     503: "Unavailable, no leader, or the request timed out; retry after Retry-After seconds "
     "(codes unavailable, not_leader, timeout). A write's outcome is then unknown: retry with "
     "the same client session headers to apply it once.",
@@ -33,17 +38,16 @@ _ERROR_DESCRIPTIONS: Final = {
 def error_statuses(endpoint: Endpoint) -> tuple[int, ...]:
     """The error statuses an endpoint can answer with."""
     statuses = {503}
-    takes_input = bool(endpoint.parameters) or endpoint.body is not None
-    if takes_input:
-        statuses |= {400, 413}
+    if endpoint.parameters or endpoint.body is not None:
+        statuses |= {400, 422}
+    if endpoint.body is not None:
+        statuses.add(413)
     if endpoint.role is not None:
         statuses |= {401, 403}
     if endpoint.tenancy is not Tenancy.NODE or endpoint.writes:
         statuses.add(404)
     if endpoint.writes:
         statuses.add(409)
-    if endpoint.body is not None:
-        statuses.add(422)
     return tuple(sorted(statuses))
 
 

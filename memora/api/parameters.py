@@ -33,7 +33,7 @@ OBSERVATION_ID: Final = path_parameter("observation_id", "The observation's id."
 NAMESPACE: Final = Parameter(
     "namespace",
     "query",
-    {"type": "string", "maxLength": constants.namespace_name_bytes_max},
+    schemas.NAMESPACE_NAME,
     "The namespace (tenant) to use; the server's default namespace when absent.",
 )
 CONSISTENCY: Final = Parameter(
@@ -61,7 +61,7 @@ READ_OPTIONS: Final = (CONSISTENCY, MIN_COMMIT_INDEX, AS_OF)
 CLIENT_ID: Final = Parameter(
     CLIENT_ID_HEADER,
     "header",
-    {"type": "string", "minLength": 1, "maxLength": constants.client_id_bytes_max},
+    schemas.text(constants.client_id_bytes_max, empty_ok=False),
     "A client session id. With X-Memora-Sequence, a retried write applies exactly once and a "
     "retry gets the first answer. Also recorded as the session of the records written.",
 )
@@ -72,3 +72,12 @@ SEQUENCE: Final = Parameter(
     "The write's number in its client session: 1, 2, 3, ...; a retry reuses its number.",
 )
 SESSION_HEADERS: Final = (CLIENT_ID, SEQUENCE)
+
+LABEL_FILTER: Final = Parameter("label", "query", schemas.LABEL, "Only nodes of this label.")
+KINDS_FILTER: Final = Parameter(
+    "kinds",
+    "query",
+    {"type": "string", "pattern": schemas.NO_NUL_PATTERN},
+    f"Edge kinds to follow, comma-separated (at most {constants.top_k_max}, each at most "
+    f"{constants.edge_kind_bytes_max} UTF-8 bytes); all if absent.",
+)

@@ -10,8 +10,9 @@ handler serves a test and a real server, and the spec cannot drift from the rout
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -19,8 +20,10 @@ import attrs
 from memora.api import schemas
 from memora.api.arguments import Arguments
 from memora.api.auth import Caller
+from memora.api.errors import UnprocessableError
 from memora.api.settings import Role
 from memora.core import constants
+from memora.core.errors import ValidationError
 from memora.core.namespace import NamespaceState
 from memora.core.replica import Replica
 from memora.core.types import Command, Proposal
@@ -91,7 +94,8 @@ class Call:
             client_id=self.client_id,
             sequence=self.sequence,
         )
-        return await self.node.write(proposal)
+        with refusals_as_unprocessable():
+            return await self.node.write(proposal)
 
     async def read(self, options: Arguments) -> Replica:
         """The replica after the read barrier `options` ask for (consistency, min_commit_index)."""
@@ -99,6 +103,8 @@ class Call:
             "consistency", tuple(Consistency), Consistency.LINEARIZABLE.value
         )
         minimum = options.integer("min_commit_index", 0, constants.raft_index_max, None)
+        if minimum is not None:
+            _refuse_index_never_written(self.node, minimum)
         return await self.node.read_barrier(Consistency(consistency), minimum)
 
     async def embedder(self) -> Callable[[str], bytes]:
@@ -108,12 +114,38 @@ class Call:
         return lambda text: embedder.embed(text).tobytes()
 
 
+@contextlib.contextmanager
+def refusals_as_unprocessable() -> Iterator[None]:
+    """Turn the state machine's and the queries' refusals of a request that was well-formed
+    (it matched the schema) into 422s: a 400 says the request itself is malformed."""
+    try:
+        yield
+    except ValidationError as error:
+        if type(error) is not ValidationError:  # A subclass has a status of its own.
+            raise
+        raise UnprocessableError(error.message, error.field) from None
+
+
+def _refuse_index_never_written(node: NodeApi, index: int) -> None:
+    """Refuse a `min_commit_index` past the leader's last log index: every committed index is in
+    the leader's log (Raft's leader completeness), so no write has returned it, and waiting for
+    it would only end in a timeout."""
+    health = node.health()
+    if health["role"] == "leader" and index > health["last_index"]:
+        message = f"min_commit_index {index} is past the last log index {health['last_index']}"
+        raise UnprocessableError(message, "min_commit_index")
+
+
 def as_of(options: Arguments) -> int | None:
     value: int | None = options.integer("as_of", 0, constants.raft_index_max, None)
     return value
 
 
 def reader(call: Call, replica: Replica, at: int | None) -> NamespaceState:
+    """The namespace of the request as it was at commit index `at` (None: as it is)."""
+    if at is not None and at > replica.applied_index:
+        message = f"as_of {at} is after the last applied index {replica.applied_index}"
+        raise UnprocessableError(message, "as_of")
     return replica.machine.reader(call.namespace, at)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from memora.core import constants
+from memora.core.raft.types import Role as RaftRole
 
 Schema = dict[str, Any]
 
@@ -40,21 +41,55 @@ def _object(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Sc
     }
 
 
+def _input(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    """A request body's object: a field that is not required may also be null, meaning absent."""
+    optional = {
+        name: schema if name in required or _is_nullable(schema) else nullable(schema)
+        for name, schema in properties.items()
+    }
+    return _object(optional, required)
+
+
+def _is_nullable(schema: Schema) -> bool:
+    return {"type": "null"} in schema.get("anyOf", ())
+
+
 RECORD_ID: Final = {
     "type": "integer",
     "minimum": constants.record_id_min,
     "maximum": constants.record_id_max,
 }
-INDEX: Final = {"type": "integer", "minimum": 0}
+INDEX: Final = {"type": "integer", "minimum": 0, "maximum": constants.raft_index_max}
 TIMESTAMP_MS: Final = {
     "type": "integer",
     "minimum": constants.int_property_min,
     "maximum": constants.int_property_max,
 }
-LABEL: Final = {"type": "string", "minLength": 1, "description": "At most 128 UTF-8 bytes."}
-NAME: Final = {"type": "string", "description": "Unique in its namespace; at most 512 bytes."}
-TEXT: Final = {"type": "string", "description": "At most 64 KiB of UTF-8."}
-KIND: Final = {"type": "string", "minLength": 1, "description": "At most 128 UTF-8 bytes."}
+# Text holds no NUL character (its pattern). Limits are in UTF-8 bytes, which JSON Schema cannot
+# count: `maxLength` (characters) is the same number, so a longer text is surely refused (400)
+# and a text within it but over its bytes is refused as unprocessable (422).
+NO_NUL_PATTERN: Final = "^[^\\u0000]*$"
+
+
+def text(bytes_max: int, *, empty_ok: bool, description: str = "") -> Schema:
+    """A string of at most `bytes_max` UTF-8 bytes, without NUL."""
+    limit = f"At most {bytes_max} UTF-8 bytes, no NUL."
+    schema: Schema = {"type": "string", "maxLength": bytes_max, "pattern": NO_NUL_PATTERN}
+    if not empty_ok:
+        schema["minLength"] = 1
+    schema["description"] = f"{description} {limit}".strip()
+    return schema
+
+
+NAMESPACE_NAME: Final = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    "maxLength": constants.namespace_name_bytes_max,
+}
+LABEL: Final = text(constants.label_bytes_max, empty_ok=False)
+NAME: Final = text(constants.name_bytes_max, empty_ok=False, description="Unique in its namespace.")
+TEXT: Final = text(constants.text_bytes_max, empty_ok=True)
+KIND: Final = text(constants.edge_kind_bytes_max, empty_ok=False)
 KINDS: Final = {"type": "array", "items": KIND, "maxItems": constants.top_k_max}
 VECTOR: Final = {
     "type": "array",
@@ -65,11 +100,16 @@ VECTOR: Final = {
     },
     "minItems": constants.dimension_min,
     "maxItems": constants.dimension_max,
-    "description": "Exactly the namespace's dimension of finite numbers (stored as float32).",
+    "description": "Exactly the namespace's dimension of finite numbers (stored as float32); "
+    "another length is refused with 422.",
 }
 PROPERTIES: Final = {
     "type": "object",
-    "description": "JSON values; at most 256 keys, 64 KiB encoded, nested 8 deep.",
+    "maxProperties": constants.properties_count_max,
+    "propertyNames": text(constants.property_key_bytes_max, empty_ok=False),
+    "description": "Any JSON values, with integers that fit in 64 bits, nested at most "
+    f"{constants.property_depth_max} deep and encoding to at most "
+    f"{constants.properties_bytes_max} bytes; other values are refused with 422.",
 }
 DIRECTION: Final = {"type": "string", "enum": ["out", "in", "both"]}
 CLEARABLE: Final = {
@@ -94,13 +134,14 @@ _STAMP = _object(
     ("commit_index", "timestamp_ms", "principal", "session"),
 )
 _PROVENANCE_FIELDS: Final[dict[str, Schema]] = {
-    "source": nullable({"type": "string", "description": "At most 1024 bytes."}),
+    "source": nullable(text(constants.source_bytes_max, empty_ok=True)),
     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
     "valid_from_ms": nullable(TIMESTAMP_MS),
     "valid_to_ms": nullable(TIMESTAMP_MS),
 }
 _PROVENANCE = _object(_PROVENANCE_FIELDS, tuple(_PROVENANCE_FIELDS))
-_PROVENANCE_INPUT = _object(_PROVENANCE_FIELDS)
+_PROVENANCE_INPUT = _input(_PROVENANCE_FIELDS)
+_PROVENANCE_INPUT["description"] = "valid_from_ms may not be after valid_to_ms (else 422)."
 _RECORD_COMMON: Final[dict[str, Schema]] = {
     "namespace": {"type": "string"},
     "id": RECORD_ID,
@@ -197,7 +238,7 @@ _WRITTEN_RECORD = {
 # -- Request bodies -------------------------------------------------------------------------------
 
 _PROVENANCE_INPUT_REF: Final = {"$ref": "#/components/schemas/ProvenanceInput"}
-_NODE_INSERT = _object(
+_NODE_INSERT = _input(
     {
         "id": RECORD_ID,
         "label": LABEL,
@@ -210,7 +251,7 @@ _NODE_INSERT = _object(
     },
     ("label",),
 )
-_NODE_PATCH = _object(
+_NODE_PATCH = _input(
     {
         "label": LABEL,
         "name": NAME,
@@ -222,7 +263,7 @@ _NODE_PATCH = _object(
         "embed": EMBED,
     }
 )
-_EDGE_INSERT = _object(
+_EDGE_INSERT = _input(
     {
         "id": RECORD_ID,
         "source": RECORD_ID,
@@ -233,8 +274,8 @@ _EDGE_INSERT = _object(
     },
     ("source", "target"),
 )
-_EDGE_PATCH = _object({"properties": PROPERTIES, "provenance": _PROVENANCE_INPUT_REF})
-_OBSERVATION_ADD = _object(
+_EDGE_PATCH = _input({"properties": PROPERTIES, "provenance": _PROVENANCE_INPUT_REF})
+_OBSERVATION_ADD = _input(
     {
         "text": {**TEXT, "minLength": 1},
         "vector": VECTOR,
@@ -243,10 +284,10 @@ _OBSERVATION_ADD = _object(
     },
     ("text",),
 )
-_VECTOR_SET = _object({"node_id": RECORD_ID, "vector": VECTOR}, ("node_id", "vector"))
-_NAMESPACE_CREATE = _object(
+_VECTOR_SET = _input({"node_id": RECORD_ID, "vector": VECTOR}, ("node_id", "vector"))
+_NAMESPACE_CREATE = _input(
     {
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$", "maxLength": 64},
+        "name": NAMESPACE_NAME,
         "dimension": {
             "type": "integer",
             "minimum": constants.dimension_min,
@@ -261,30 +302,30 @@ _NAMESPACE_CREATE = _object(
 
 def _batch_command(op: str, body: Schema) -> Schema:
     properties = {"op": {"const": op}, **body["properties"]}
-    return _object(properties, ("op", *body["required"]))
+    return _input(properties, ("op", *body["required"]))
 
 
 _ID_REQUIRED: Final = {"id": RECORD_ID}
 BATCH_COMMANDS: Final = {
     "insert_node": _batch_command("insert_node", _NODE_INSERT),
     "update_node": _batch_command(
-        "update_node", _object({**_ID_REQUIRED, **_NODE_PATCH["properties"]}, ("id",))
+        "update_node", _input({**_ID_REQUIRED, **_NODE_PATCH["properties"]}, ("id",))
     ),
-    "delete_node": _batch_command("delete_node", _object(_ID_REQUIRED, ("id",))),
+    "delete_node": _batch_command("delete_node", _input(_ID_REQUIRED, ("id",))),
     "set_vector": _batch_command("set_vector", _VECTOR_SET),
     "insert_edge": _batch_command("insert_edge", _EDGE_INSERT),
     "update_edge": _batch_command(
-        "update_edge", _object({**_ID_REQUIRED, **_EDGE_PATCH["properties"]}, ("id",))
+        "update_edge", _input({**_ID_REQUIRED, **_EDGE_PATCH["properties"]}, ("id",))
     ),
-    "delete_edge": _batch_command("delete_edge", _object(_ID_REQUIRED, ("id",))),
+    "delete_edge": _batch_command("delete_edge", _input(_ID_REQUIRED, ("id",))),
     "add_observation": _batch_command(
-        "add_observation", _object({"node_id": RECORD_ID, **_OBSERVATION_ADD["properties"]})
+        "add_observation",
+        _input({"node_id": RECORD_ID, **_OBSERVATION_ADD["properties"]}, ("node_id", "text")),
     ),
-    "delete_observation": _batch_command("delete_observation", _object(_ID_REQUIRED, ("id",))),
+    "delete_observation": _batch_command("delete_observation", _input(_ID_REQUIRED, ("id",))),
 }
-BATCH_COMMANDS["add_observation"]["required"] = ["op", "node_id", "text"]
 
-_BATCH = _object(
+_BATCH = _input(
     {
         "commands": {
             "type": "array",
@@ -294,7 +335,7 @@ _BATCH = _object(
     },
     ("commands",),
 )
-_HYBRID_QUERY = _object(
+_HYBRID_QUERY = _input(
     {
         "node_id": {**RECORD_ID, "description": "Rank this node's neighbourhood."},
         "vector": {**VECTOR, "description": "Rank by similarity to this vector."},
@@ -324,6 +365,35 @@ def _array_of(name: str) -> Schema:
 
 
 _NEXT: Final = nullable(INDEX)
+
+_PEER_HEALTH = _object(
+    {
+        "node_id": {"type": "integer"},
+        "match_index": nullable(INDEX),
+        "lag": nullable({"type": "integer", "description": "Entries behind the leader's log."}),
+    },
+    ("node_id", "match_index", "lag"),
+)
+_HEALTH_PROPERTIES: Final[dict[str, Schema]] = {
+    "node_id": {"type": "integer"},
+    "state": {"type": "string", "enum": ["starting", "serving", "stopping", "stopped"]},
+    "role": {"type": "string", "enum": [role.value for role in RaftRole]},
+    "term": INDEX,
+    "leader_id": nullable({"type": "integer"}),
+    "commit_index": INDEX,
+    "applied_index": INDEX,
+    "last_index": INDEX,
+    "snapshot_index": INDEX,
+    "voters": {"type": "array", "items": {"type": "integer"}},
+    "peers": {"type": "array", "items": _PEER_HEALTH},
+}
+# The fields health shows anyone, without a token; the node's data directory is not one of them.
+HEALTH_FIELDS: Final = tuple(_HEALTH_PROPERTIES)
+_HEALTH = _object(_HEALTH_PROPERTIES, HEALTH_FIELDS)
+_HEALTH["description"] = (
+    "The node's lifecycle state, Raft role, term, commit and applied index, leader, voters and "
+    "peers with their lag. Public: it shows nothing of the node's host or its data."
+)
 
 COMPONENTS: Final[dict[str, Schema]] = {
     "Stamp": _STAMP,
@@ -381,11 +451,7 @@ COMPONENTS: Final[dict[str, Schema]] = {
         }
     ),
     "SnapshotTaken": _answer({"snapshot_index": INDEX}),
-    "Health": {
-        "type": "object",
-        "description": "The node's role, term, commit and applied index, leader, and peers with "
-        "their lag, as the node reports them.",
-    },
+    "Health": _HEALTH,
     "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     "Metrics": _answer({"metrics": {"type": "object", "additionalProperties": {"type": "number"}}}),
 }

@@ -52,7 +52,9 @@ async def test_no_or_unknown_token_is_401_with_www_authenticate(
         "/api/v1/nodes/1", query=A, headers={"Authorization": "Basic cm9vdA=="}
     )
     assert basic.status == 401
-    assert (await clients["anonymous"].get("/api/v1/health")).status == 200
+    health = await clients["anonymous"].get("/api/v1/health")
+    assert health.status == 200 and health.json["role"] == "leader"
+    assert "data_dir" not in health.json, "health needs no token: it must not show the path"
     assert (await clients["anonymous"].get("/openapi.json")).status == 200
 
 
@@ -144,9 +146,9 @@ async def test_session_headers_go_together_and_are_checked(client: ApiClient) ->
     only_id = await client.post(
         "/api/v1/nodes", {"label": "Note"}, headers={"X-Memora-Client-Id": "c"}
     )
-    assert (only_id.status, only_id.error_field) == (400, "X-Memora-Sequence")
+    assert (only_id.status, only_id.error_field) == (422, "X-Memora-Sequence")
     for sequence in ("0", "-1", "one", "99999999999999999999"):
         headers = {"X-Memora-Client-Id": "c", "X-Memora-Sequence": sequence}
         reply = await client.post("/api/v1/nodes", {"label": "Note"}, headers=headers)
-        assert reply.status in (400, 413) and reply.error_field == "X-Memora-Sequence"
+        assert reply.status in (400, 422) and reply.error_field == "X-Memora-Sequence"
     assert (await client.get("/api/v1/nodes", query={"label": "Note"})).json["nodes"] == []

@@ -51,7 +51,7 @@ async def test_related_walks_by_depth_kind_and_direction(client: ApiClient) -> N
     limited = await client.get("/api/v1/nodes/1/related", query={**SMALL, "depth": 3, "limit": 1})
     assert ids_and_hops(limited) == [(2, 1)]
     too_deep = await client.get("/api/v1/nodes/1/related", query={**SMALL, "depth": 9})
-    assert (too_deep.status, too_deep.error_field) == (413, "depth")
+    assert (too_deep.status, too_deep.error_field) == (422, "depth")
 
 
 @pytest.mark.trio
@@ -116,15 +116,15 @@ async def test_hybrid_by_text_uses_the_namespace_embedder(client: ApiClient) -> 
 async def test_hybrid_refuses_ambiguous_or_empty_targets(client: ApiClient) -> None:
     await build_graph(client)
     nothing = await client.post("/api/v1/query/hybrid", {"depth": 1}, query=SMALL)
-    assert (nothing.status, nothing.error_field) == (400, "node_id")
+    assert (nothing.status, nothing.error_field) == (422, "node_id")
     both = await client.post(
         "/api/v1/query/hybrid", {"vector": [1, 0, 0, 0], "text": "x"}, query=SMALL
     )
-    assert both.status == 400
+    assert both.status == 422
     label_with_node = await client.post(
         "/api/v1/query/hybrid", {"node_id": 1, "label": "Item"}, query=SMALL
     )
-    assert (label_with_node.status, label_with_node.error_field) == (400, "label")
+    assert (label_with_node.status, label_with_node.error_field) == (422, "label")
     wrong_dimension = await client.post("/api/v1/query/hybrid", {"vector": [1, 0]}, query=SMALL)
     assert (wrong_dimension.status, wrong_dimension.error_code) == (422, "wrong_dimension")
 

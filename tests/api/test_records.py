@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 from api_client import ApiClient
 
 NODES = "/api/v1/nodes"
@@ -41,6 +42,8 @@ async def test_the_seed_curl_example_inserts_and_gets_a_node(client: ApiClient) 
     assert reply.status == 200
     assert reply.json["node"] == node
     assert reply.json["applied_index"] >= written["commit_index"]
+    whole_float = await insert(client, id=101.0, label="UserPreference")  # JSON's 101.0 is 101.
+    assert whole_float["node"]["id"] == 101
 
 
 @pytest.mark.trio
@@ -134,7 +137,7 @@ async def test_history_lists_every_version_and_as_of_reads_the_past(client: ApiC
     before = await client.get(f"{NODES}/1", query={"as_of": first["commit_index"] - 1})
     assert before.status == 404
     future = await client.get(f"{NODES}/1", query={"as_of": 10**9})
-    assert (future.status, future.error_field) == (400, "as_of")
+    assert (future.status, future.error_field) == (422, "as_of")
 
 
 @pytest.mark.trio
@@ -197,7 +200,7 @@ async def test_set_vector_and_embedding_text_on_write(client: ApiClient) -> None
     conflicting = await client.post(
         NODES, {"label": "Note", "text": "x", "vector": [1, 0, 0, 0], "embed": True}, query=SMALL
     )
-    assert (conflicting.status, conflicting.error_field) == (400, "embed")
+    assert (conflicting.status, conflicting.error_field) == (422, "embed")
 
 
 @pytest.mark.trio
@@ -222,8 +225,9 @@ async def test_a_batch_applies_all_or_nothing(client: ApiClient) -> None:
     refused = await client.post("/api/v1/batch", {"commands": failing})
     assert (refused.status, refused.error_field) == (404, "commands[1].id")
     assert (await client.get(f"{NODES}/3")).status == 404
-    unknown_op = await client.post("/api/v1/batch", {"commands": [{"op": "drop_table"}]})
-    assert (unknown_op.status, unknown_op.error_field) == (400, "commands[0].op")
+    for op in ("drop_table", {}, ["insert_node"]):
+        unknown_op = await client.post("/api/v1/batch", {"commands": [{"op": op}]})
+        assert (unknown_op.status, unknown_op.error_field) == (400, "commands[0].op")
 
 
 @pytest.mark.trio
@@ -238,6 +242,9 @@ async def test_a_write_commit_index_is_a_read_barrier_at_every_consistency(
         assert reply.json["applied_index"] >= written["commit_index"]
     bad = await client.get(f"{NODES}/5", query={"consistency": "eventual"})
     assert (bad.status, bad.error_field) == (400, "consistency")
+    with trio.fail_after(2):  # Refused at once, not after waiting out the request timeout.
+        unwritten = await client.get(f"{NODES}/5", query={"min_commit_index": 10**9})
+    assert (unwritten.status, unwritten.error_field) == (422, "min_commit_index")
 
 
 @pytest.mark.trio
