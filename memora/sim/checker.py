@@ -7,9 +7,13 @@ Safety (Raft's five properties and then some):
 - leader completeness: a new leader's log holds every entry committed before it;
 - state machine safety: one canonical applied history, hash-chained; every replica applies
   exactly it, and has the reference model's `state_hash()` after each entry;
+- a record recovered from disk is one the node wrote, bit for bit: the CRCs caught every
+  corruption, so a corrupted record is never applied (nor voted on, nor sent);
 - term never goes back, across restarts too (against what was durable); commit never goes back
   within a process life;
-- a committed entry is durable on a quorum of voters when the leader counts it committed;
+- a committed entry is durable on a quorum of voters when the leader counts it committed, and no
+  voter lacking it could win an election: its log is not as up to date as a quorum's disks
+  (catches an unsafe commit at once, before some later leader overwrites it);
 - no phantom commits: every applied client entry was proposed by some leader;
 - exactly-once sessions, and every reply: each replica's result for an entry equals the reference
   model's (a Replica without injected bugs fed the canonical log), and so does what the client
@@ -22,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from memora.core.raft import EntryKind, HardState, LogEntry, Ready, Role
+from memora.core.raft import Configuration, EntryKind, HardState, LogEntry, Ready, Role
 from memora.core.replica import Replica
 from memora.core.types import Applied, Rejected, Result
 from memora.sim.protocol import Query, run_query
@@ -65,26 +70,39 @@ def _ids_only(answer: Any) -> Any:
 
 
 class DurableLog:
-    """What one node's disk holds for sure: entry terms by index, and the snapshot index."""
+    """What one node's disk holds for sure: entry terms by index (contiguous, after the
+    snapshot), and the snapshot's index and term."""
 
     def __init__(self) -> None:
         self.terms: dict[int, int] = {}
         self.snapshot_index = 0
+        self.snapshot_term = 0
+        self.last_index = 0
         self.hard_state = HardState(term=0, vote=None, commit=0)
 
     def holds(self, index: int, term: int) -> bool:
         return index <= self.snapshot_index or self.terms.get(index) == term
 
+    def last(self) -> tuple[int, int]:
+        """(last term, last index): what a vote request is judged by."""
+        if self.last_index == self.snapshot_index:
+            return self.snapshot_term, self.snapshot_index
+        return self.terms[self.last_index], self.last_index
+
+    def reset(self, snapshot_index: int, snapshot_term: int, terms: dict[int, int]) -> None:
+        self.snapshot_index, self.snapshot_term = snapshot_index, snapshot_term
+        self.terms = terms
+        self.last_index = max(terms, default=snapshot_index)
+
     def save(self, ready: Ready) -> None:
         if ready.snapshot is not None:
-            self.snapshot_index = ready.snapshot.meta.index
-            self.terms = {}
+            self.reset(ready.snapshot.meta.index, ready.snapshot.meta.term, {})
         if ready.entries:
-            first = ready.entries[0].index
-            for index in [index for index in self.terms if index >= first]:
-                del self.terms[index]
+            for index in range(ready.entries[0].index, self.last_index + 1):
+                self.terms.pop(index, None)
             for entry in ready.entries:
                 self.terms[entry.index] = entry.term
+            self.last_index = ready.entries[-1].index
         if ready.hard_state is not None:
             self.hard_state = ready.hard_state
 
@@ -99,6 +117,9 @@ class Checker:
         self.chain_hash = b"\0" * 16
         self._leaders: dict[int, int] = {}
         self._pairs: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> facts.
+        self._saved: dict[tuple[int, int], bytes] = {}  # (index, term) -> digest, as written.
+        self._live_nodes: dict[int, SimNode] = {}
+        self._leader_configuration: dict[int, Configuration] = {}  # At the leader's last Ready.
         self._proposed: set[bytes] = set()
         self._durable: dict[int, DurableLog] = {}
         self._max_durable_term: dict[int, int] = {}
@@ -115,6 +136,7 @@ class Checker:
     # -- Node life. ------------------------------------------------------------------------------
 
     def on_start(self, node: SimNode) -> None:
+        self._live_nodes[node.node_id] = node
         durable = self._durable.setdefault(node.node_id, DurableLog())
         raft = node.raft
         floor = self._max_durable_term.get(node.node_id, 0)
@@ -123,14 +145,34 @@ class Checker:
                 "term_monotonic",
                 f"node {node.node_id} restarted at term {raft.term}, below durable {floor}",
             )
-        durable.snapshot_index = raft.log.snapshot_index
-        durable.terms = {
-            index: raft.log.term_at(index) or 0
-            for index in range(raft.log.snapshot_index + 1, raft.log.last_index() + 1)
-        }
+        self._check_recovered_entries(node)
+        durable.reset(
+            raft.log.snapshot_index,
+            raft.log.snapshot_term,
+            {
+                index: raft.log.term_at(index) or 0
+                for index in range(raft.log.snapshot_index + 1, raft.log.last_index() + 1)
+            },
+        )
         self._seen[node.node_id] = (raft.term, raft.log.committed, raft.role)
         if node.replica.applied_index:
             self.on_restore(node)
+
+    def _check_recovered_entries(self, node: SimNode) -> None:
+        log = node.raft.log
+        for index in range(log.snapshot_index + 1, log.last_index() + 1):
+            entry = log.entry(index)
+            if self._saved.get((index, entry.term)) != _digest(entry.data):
+                raise Violation(
+                    "corrupt_record",
+                    f"node {node.node_id} recovered entry {(index, entry.term)} from disk, "
+                    "and no node ever wrote those bytes there",
+                )
+
+    def on_save(self, entries: Sequence[LogEntry]) -> None:
+        """Entries were handed to a disk (they may or may not become durable)."""
+        for entry in entries:
+            self._saved[(entry.index, entry.term)] = _digest(entry.data)
 
     def on_crash(self, node: SimNode) -> None:
         self._seen.pop(node.node_id, None)
@@ -243,10 +285,14 @@ class Checker:
                 )
             if before is None or before[2] is not Role.LEADER or before[0] != term:
                 self._check_leader_completeness(node)
-            previous_commit = (
-                before[1] if before is not None and before[2] is Role.LEADER else commit
-            )
-            self._check_durable_quorum(node, previous_commit, commit)
+            was_leader = before is not None and before[2] is Role.LEADER
+            previous_commit = before[1] if before is not None and was_leader else commit
+            configurations = [raft.configuration]
+            previous_configuration = self._leader_configuration.get(node.node_id)
+            if was_leader and previous_configuration is not None:
+                configurations.append(previous_configuration)
+            self._check_durable_quorum(node, previous_commit, commit, configurations)
+            self._leader_configuration[node.node_id] = raft.configuration
 
     def _check_leader_completeness(self, node: SimNode) -> None:
         log = node.raft.log
@@ -259,22 +305,70 @@ class Checker:
                 )
         self.counters["leaders_checked"] += 1
 
-    def _check_durable_quorum(self, node: SimNode, low: int, high: int) -> None:
-        configuration = node.raft.configuration
+    def _check_durable_quorum(
+        self, node: SimNode, low: int, high: int, configurations: list[Configuration]
+    ) -> None:
+        """Each newly committed entry is durable on a quorum of one of `configurations`: the
+        leader's now and at its last Ready (a configuration entry appended since may have
+        replaced the one it counted the commit in)."""
         for index in range(max(low, node.raft.log.snapshot_index) + 1, high + 1):
             term = node.raft.log.term_at(index)
             assert term is not None
-            holders = sum(
-                1
-                for voter in configuration.voters
-                if voter in self._durable and self._durable[voter].holds(index, term)
-            )
-            if holders < configuration.quorum():
+            holders = [
+                self._holders(configuration, index, term) for configuration in configurations
+            ]
+            if all(
+                count < configuration.quorum()
+                for count, configuration in zip(holders, configurations, strict=True)
+            ):
                 raise Violation(
                     "durable_quorum",
                     f"entry {index} committed by node {node.node_id} is durable on only "
-                    f"{holders} voters",
+                    f"{holders[0]} voters",
                 )
+        if high > low:
+            self._check_commit_safe(node, high)
+
+    def _holders(self, configuration: Configuration, index: int, term: int) -> int:
+        return sum(
+            1
+            for voter in configuration.voters
+            if voter in self._durable and self._durable[voter].holds(index, term)
+        )
+
+    def _check_commit_safe(self, leader: SimNode, index: int) -> None:
+        """No voter lacking entry `index` could gather a quorum of votes by log comparison
+        against what the voters' disks hold. A voter may campaign with its log in memory or, after
+        a crash, with its log on disk: each that lacks the entry is tried. The electors' logs are
+        taken at their least up to date (on disk). Raft's safety argument guarantees this for
+        every entry committed by the rules; it is checked at the newest committed index only, as
+        a log lacking an entry lacks every later one."""
+        term = leader.raft.log.term_at(index)
+        assert term is not None
+        voters = [v for v in leader.raft.configuration.voters if v in self._durable]
+        quorum = leader.raft.configuration.quorum()
+        for candidate in voters:
+            for last in self._logs_lacking(candidate, index, term):
+                electors = sum(1 for voter in voters if self._durable[voter].last() <= last)
+                if electors < quorum:
+                    continue
+                raise Violation(
+                    "commit_safety",
+                    f"node {leader.node_id} committed entry {index} (term {term}) in term "
+                    f"{leader.raft.term}, yet node {candidate}, lacking it, could still be "
+                    f"elected with log (last term, last index) {last}",
+                )
+
+    def _logs_lacking(self, node_id: int, index: int, term: int) -> list[tuple[int, int]]:
+        """(last term, last index) of each log `node_id` may campaign with that lacks the entry."""
+        durable = self._durable[node_id]
+        logs = [] if durable.holds(index, term) else [durable.last()]
+        live = self._live_nodes.get(node_id)
+        if live is not None and live.up:
+            log = live.raft.log
+            if index > log.snapshot_index and log.term_at(index) != term:
+                logs.append((log.last_term(), log.last_index()))
+        return logs
 
     # -- Clients. --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from memora.sim.rng import SimRandom
 
 CLIENT_BASE = 1_000_000
 REPLAY_BUFFER = 64
+RECENT_BUFFER = 16  # Per node: what it received last, replayed to it when it restarts.
 CLOG_DELAY_FACTOR = 20
 Deliver = Callable[[int, int, object], None]
 
@@ -39,6 +40,7 @@ class Network:
         self._clogged_until: dict[tuple[int, int], int] = {}
         self._in_flight: Counter[tuple[int, int]] = Counter()
         self._replay: deque[tuple[int, int, object]] = deque(maxlen=REPLAY_BUFFER)
+        self._recent: dict[int, deque[tuple[int, object]]] = {}  # Node -> (source, payload).
         self._healthy: frozenset[int] = frozenset()  # After healing: no faults among these.
 
     # -- Partitions and clogs (the fault schedule calls these). -------------------------------
@@ -80,6 +82,14 @@ class Network:
             for other in outside:
                 self._blocked.update(((inside, other), (other, inside)))
         self._clogged_until.clear()
+
+    def replay_recent(self, target: int) -> None:
+        """Deliver again what `target` received just before it died: stale messages that were
+        in flight (or sitting in a socket buffer) across its restart."""
+        for source, payload in self._recent.pop(target, ()):
+            if (source, target) not in self._blocked:
+                self.faults["replayed_after_restart"] += 1
+                self._schedule(source, target, payload, False)
 
     # -- Sending. -------------------------------------------------------------------------------
 
@@ -128,6 +138,9 @@ class Network:
             if path in self._blocked:
                 self.faults["dropped_partition"] += 1
                 return
+            if self.params.replay_on_restart and target < CLIENT_BASE and not healthy:
+                recent = self._recent.setdefault(target, deque(maxlen=RECENT_BUFFER))
+                recent.append((source, payload))
             self._deliver(source, target, payload)
 
         self._loop.after(delay, arrive)

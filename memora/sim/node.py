@@ -25,6 +25,7 @@ from memora.core.raft import (
     Ready,
     Role,
     Snapshot,
+    VoteResponse,
 )
 from memora.core.replica import Replica
 from memora.core.types import Applied, Proposal, Rejected, Result
@@ -68,6 +69,7 @@ class SimNode:
             self.storage = SimStorage.empty(self.disk)
         else:
             self.storage = SimStorage.bootstrap(self.disk, configuration)
+            self.world.checker.on_save(self.storage.entries())
         self.disk.complete_sync()
         self._start(recovering_to=None)
 
@@ -104,6 +106,7 @@ class SimNode:
         self._pending_reads: dict[int, tuple[int, ReadRequest]] = {}
         self._safe_reads: dict[int, int] = {}  # Read id -> the index its answer awaits.
         self._next_read_id = 1
+        self._leader = False
         self.world.checker.on_start(self)
         self._schedule_tick()
         self.pump()
@@ -218,6 +221,7 @@ class SimNode:
                 self._finish(ready)
                 continue
             self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+            self.world.checker.on_save(ready.entries)
             self.saving = True
             self._await_sync(ready)
             return
@@ -243,6 +247,8 @@ class SimNode:
         send = self.world.network.send
         for message in ready.messages:
             send(self.node_id, message.target, message)
+            if isinstance(message, VoteResponse) and message.granted and not message.pre_vote:
+                self.world.on_vote_granted(self)
         if ready.snapshot is not None:
             bugs = self.world.params.bugs
             self.replica = Replica.from_snapshot_data(ready.snapshot.data, injected_bugs=bugs)
@@ -255,8 +261,12 @@ class SimNode:
             # A duplicated ReadIndex response may release the same read twice: keep the first.
             if read.request_id in self._pending_reads:
                 self._safe_reads.setdefault(read.request_id, read.index)
+        was_leader = self._leader
+        self._leader = self.raft.role is Role.LEADER
         self.raft.advance(ready)
         self.world.checker.after_ready(self)
+        if self._leader and not was_leader:
+            self.world.on_elected(self)
         self._serve_reads()
         self._maybe_compact()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import attrs
 
+from memora.core import constants
 from memora.core.raft import InjectedBug
 from memora.sim.rng import SimRandom
 
@@ -23,6 +24,7 @@ class NetworkParams:
     loss: float
     duplicate: float
     replay: float  # Chance per send of also delivering an old message again, restarts included.
+    replay_on_restart: bool  # A restarted node gets again what it received just before dying.
     path_capacity: int  # Messages in flight on one path; more are dropped.
     clog_per_second: float  # Chance per second that some path clogs (a long extra delay).
     partition_per_second: float
@@ -45,13 +47,19 @@ class DiskParams:
 class RaftParams:
     pre_vote: bool
     check_quorum: bool  # Lease reads need it, so they are off without it.
+    # Small appends make entries trickle to followers one message at a time, so a leader's
+    # entries of earlier terms can reach a quorum before its own no-op does (Raft's Figure 8).
+    append_bytes_max: int
+    inflight_messages_max: int
 
 
 @attrs.frozen
 class ProcessParams:
     crash_per_second: float
     leader_crash_per_second: float  # Leaders die more: elections with uncommitted tails.
+    new_leader_crash: float  # Chance a new leader dies within ms: short terms, divergent tails.
     crash_pending_factor: float  # Crashes are this much likelier while a sync is pending.
+    vote_crash: float  # Chance a node dies just after granting a vote, back within a few ms.
     restart_min_us: int
     restart_max_us: int
     pause_per_second: float
@@ -80,6 +88,7 @@ class WorkloadParams:
     read_fraction: float
     lease_reads: bool
     registers: int  # Keys of the register workload checked by the linearizability search.
+    spread: float  # Chance a request goes to a random node rather than the leader last heard of.
 
 
 @attrs.frozen
@@ -100,7 +109,12 @@ class SimParams:
     def from_seed(cls, seed: int, bugs: frozenset[InjectedBug] = frozenset()) -> SimParams:
         draw = SimRandom(seed ^ 0x5EED_5EED_5EED_5EED)
         replicas = draw.choice((3, 3, 5))
-        raft = RaftParams(pre_vote=draw.chance(0.6), check_quorum=draw.chance(0.6))
+        raft = RaftParams(
+            pre_vote=draw.chance(0.6),
+            check_quorum=draw.chance(0.6),
+            append_bytes_max=draw.choice((1, 256, 4_096, constants.raft_append_bytes_max)),
+            inflight_messages_max=draw.choice((1, 4, constants.raft_inflight_messages_max)),
+        )
         lease_reads = raft.check_quorum and draw.chance(0.4)
         return cls(
             seed=seed,
@@ -146,6 +160,7 @@ def _network(draw: SimRandom) -> NetworkParams:
         loss=_maybe(draw, 0.6, 0.0, 0.30),
         duplicate=_maybe(draw, 0.5, 0.0, 0.50),
         replay=_maybe(draw, 0.4, 0.0, 0.05),
+        replay_on_restart=draw.chance(0.6),
         path_capacity=draw.choice((8, 32, 128, 1_024)),
         clog_per_second=_maybe(draw, 0.4, 0.0, 1.0),
         partition_per_second=_maybe(draw, 0.7, 0.05, 1.0),
@@ -172,7 +187,9 @@ def _process(draw: SimRandom) -> ProcessParams:
     return ProcessParams(
         crash_per_second=_maybe(draw, 0.7, 0.02, 0.3),
         leader_crash_per_second=_maybe(draw, 0.5, 0.1, 1.0),
+        new_leader_crash=_maybe(draw, 0.4, 0.1, 0.6),
         crash_pending_factor=draw.between(1.0, 4.0),
+        vote_crash=_maybe(draw, 0.5, 0.3, 1.0),
         restart_min_us=restart_min,
         restart_max_us=restart_min + draw.randint(0, 2_000) * MS,
         pause_per_second=_maybe(draw, 0.4, 0.02, 0.3),
@@ -204,4 +221,5 @@ def _workload(draw: SimRandom, lease_reads: bool) -> WorkloadParams:
         read_fraction=draw.between(0.2, 0.6),
         lease_reads=lease_reads,
         registers=draw.randint(1, 4),
+        spread=_maybe(draw, 0.5, 0.05, 0.6),
     )

@@ -157,7 +157,10 @@ class Client:
         self._attempt += 1
         self.current.attempts += 1
         request = attrs.evolve(self._request, request_id=self._attempt)
-        self.world.network.send(self.endpoint, self.target, request)
+        target = self.target
+        if self.random.chance(self.world.params.workload.spread):
+            target = self.random.choice(self.world.node_ids())  # Not sticking to the leader.
+        self.world.network.send(self.endpoint, target, request)
         attempt = self._attempt
         timeout = self.world.params.workload.request_timeout_us
         self.world.loop.after(timeout, lambda: self._on_timeout(attempt))

@@ -71,6 +71,8 @@ class World:
         self.raft_options = RaftOptions(
             pre_vote=params.raft.pre_vote,
             check_quorum=params.raft.check_quorum,
+            append_bytes_max=params.raft.append_bytes_max,
+            inflight_messages_max=params.raft.inflight_messages_max,
             injected_bugs=params.bugs,
         )
         self.checker = Checker()
@@ -350,6 +352,40 @@ class World:
         if not node.up and not node.retired and (self._faulting or self._core is None):
             self.trace(f"restart:{node.node_id}")
             node.restart()
+            self.network.replay_recent(node.node_id)
+
+    def on_elected(self, node: SimNode) -> None:
+        """A node just became leader: sometimes it dies within a few ms, having appended (and
+        perhaps replicated part of) its first entries. Runs of such short terms leave divergent
+        uncommitted tails, the ground of Raft's Figure 8."""
+        if not self._faulting or not self._fault_random.chance(
+            self.params.process.new_leader_crash
+        ):
+            return
+        incarnation = node.incarnation
+
+        def crash() -> None:
+            if node.up and node.incarnation == incarnation:
+                self._crash(node)
+
+        self.loop.after(self._fault_random.randint(100, 30 * MS), crash)
+
+    def on_vote_granted(self, node: SimNode) -> None:
+        """A node just granted a vote: sometimes it dies at once and is back within a few ms,
+        while the election is still running, and hears from a rival candidate only then (what
+        an unpersisted vote would break)."""
+        if not self._faulting or not self._fault_random.chance(self.params.process.vote_crash):
+            return
+        incarnation = node.incarnation
+
+        def crash() -> None:
+            if node.up and node.incarnation == incarnation:
+                self._fault("vote_crash", str(node.node_id))
+                node.crash()
+                delay = self._fault_random.randint(100, 5 * MS)
+                self.loop.after(delay, lambda: self._restart(node))
+
+        self.loop.after(1, crash)
 
     def _restart_cluster(self) -> None:
         if not self._faulting:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 from memora.core.raft import InjectedBug
+from memora.sim import disk
 from memora.sim.__main__ import main
 from memora.sim.params import SimParams
 from memora.sim.run import reproduce_command, run_seed
@@ -45,8 +48,8 @@ def test_fresh_seed_passes(seed: int) -> None:
 # the simulator catches each planted bug; the test re-checks that it still does, and that the
 # same seed passes without the bug, so the catch is the bug's doing.
 CAUGHT_AT = {
-    InjectedBug.SESSION_DEDUP_OFF: 1,
-    InjectedBug.NO_TRUNCATE_CONFLICT: 2,
+    InjectedBug.SESSION_DEDUP_OFF: 0,
+    InjectedBug.NO_TRUNCATE_CONFLICT: 5,
 }
 
 
@@ -55,6 +58,25 @@ def test_planted_bug_is_caught(bug: InjectedBug, seed: int) -> None:
     caught = run_seed(seed, frozenset({bug}))
     assert caught.status in ("correctness", "crash"), f"{bug.value} survived seed {seed}"
     assert run_seed(seed).status == "ok"
+
+
+def test_a_record_the_crc_misses_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the payload CRC ignored, a bit flipped on write is recovered as data, and the checker
+    names it; with the CRC, the same seed passes."""
+    seed = 6
+    assert run_seed(seed).status == "ok"
+    check_every_field = disk._read_record_once
+
+    def trust_the_payload(sim_disk: disk.SimDisk, offset: int) -> Any:
+        read = check_every_field(sim_disk, offset)
+        if read.status is disk._RecordStatus.BAD_CRC and read.header_valid:
+            return attrs.evolve(read, status=disk._RecordStatus.OK)
+        return read
+
+    monkeypatch.setattr(disk, "_read_record_once", trust_the_payload)
+    result = run_seed(seed)
+    assert result.status == "correctness"
+    assert result.message.startswith("corrupt_record:"), result.message
 
 
 def test_cli_reports_a_failure_with_its_reproduction(capsys: pytest.CaptureFixture[str]) -> None:
