@@ -1,26 +1,35 @@
-"""A test client for the REST app that checks every answer against `/openapi.json`.
+"""A test client for the REST API that checks every answer against `/openapi.json`.
 
-`ApiClient` wraps Quart's test client. Every answer it sees is checked: an answer on a documented
-operation must have a documented status and, for JSON, a body valid under that status's schema
-(jsonschema, Draft 2020-12); an answer off the spec must be a JSON error (404 or 405); the only
-5xx allowed is a documented 503 (the node unavailable or the request timed out). So every
-test that goes through it also tests that the spec matches the real behaviour. `seen` records
-the (method, path template, status) triples, for the coverage test.
+`ApiClient` sends through a `Transport`: Quart's test client on the app in-process
+(`QuartTransport`), or real HTTP to a running server with httpx (`HttpxTransport`) or requests
+(`RequestsTransport`, in a worker thread). Every answer it sees is checked: an answer on a
+documented operation must have a documented status and, for JSON, a body valid under that status's
+schema (jsonschema, Draft 2020-12); an answer off the spec must be a JSON error (404 or 405); the
+only 5xx allowed is a documented 503 (the node unavailable or the request timed out). So every test
+that goes through it also tests that the spec matches the real behaviour. `seen` records the
+(method, path template, status) triples, for the coverage test.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
 
 import attrs
+import httpx
 import jsonschema
+import requests
+import trio
 from quart_trio import QuartTrio
 
 from memora.api.openapi import spec
 
 SPEC = spec()
+# A request to a real server on loopback may take this long before the test fails.
+http_timeout_s: Final = 10.0
 
 
 @attrs.frozen
@@ -96,17 +105,104 @@ def validate(instance: Any, schema: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator(rooted).validate(instance)
 
 
-class ApiClient:
-    """Requests to the app, each answer checked against the spec."""
+class Transport(Protocol):
+    async def send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        headers: dict[str, str],
+        data: bytes | None,
+    ) -> Reply: ...
 
-    def __init__(self, app: QuartTrio, token: str | None = None) -> None:
+
+class QuartTransport:
+    """The app in-process, through Quart's test client."""
+
+    def __init__(self, app: QuartTrio) -> None:
         self._client = app.test_client()
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        headers: dict[str, str],
+        data: bytes | None,
+    ) -> Reply:
+        response = await self._client.open(
+            path, method=method, data=data, query_string=query, headers=headers
+        )
+        text = (await response.get_data()).decode()
+        return Reply(response.status_code, _lower(response.headers.items()), text)
+
+
+class HttpxTransport:
+    """A running server over real HTTP, with an `httpx.AsyncClient` (keep-alive)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        headers: dict[str, str],
+        data: bytes | None,
+    ) -> Reply:
+        response = await self._client.request(
+            method, path, params=query, headers=headers, content=data
+        )
+        return Reply(response.status_code, _lower(response.headers.items()), response.text)
+
+
+class RequestsTransport:
+    """A running server over real HTTP, with a `requests.Session` run in a worker thread."""
+
+    def __init__(self, session: requests.Session, url: str) -> None:
+        self._session = session
+        self._url = url
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        headers: dict[str, str],
+        data: bytes | None,
+    ) -> Reply:
+        response = await trio.to_thread.run_sync(
+            functools.partial(
+                self._session.request,
+                method,
+                self._url + path,
+                params=query,
+                headers=headers,
+                data=data,
+                timeout=http_timeout_s,
+            )
+        )
+        return Reply(response.status_code, _lower(response.headers.items()), response.text)
+
+
+def _lower(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+class ApiClient:
+    """Requests to the API, each answer checked against the spec."""
+
+    def __init__(self, transport: Transport | QuartTrio, token: str | None = None) -> None:
+        if isinstance(transport, QuartTrio):
+            transport = QuartTransport(transport)
+        self._transport = transport
         self._token = token
         self.seen: set[tuple[str, str, int]] = set()
 
     def with_token(self, token: str | None) -> ApiClient:
-        other = ApiClient.__new__(ApiClient)
-        other._client, other._token, other.seen = self._client, token, self.seen
+        other = ApiClient(self._transport, token)
+        other.seen = self.seen
         return other
 
     async def request(
@@ -125,12 +221,7 @@ class ApiClient:
         if body is not None:
             data = json.dumps(body).encode()
             all_headers.setdefault("Content-Type", "application/json")
-        response = await self._client.open(
-            path, method=method, data=data, query_string=query, headers=all_headers
-        )
-        text = (await response.get_data()).decode()
-        headers = {name.lower(): value for name, value in response.headers.items()}
-        reply = Reply(response.status_code, headers, text)
+        reply = await self._transport.send(method, path, query, all_headers, data)
         self.seen.add(check_conformance(method, path, reply))
         return reply
 
