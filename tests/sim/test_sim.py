@@ -50,6 +50,7 @@ def test_fresh_seed_passes(seed: int) -> None:
 CAUGHT_AT = {
     InjectedBug.SESSION_DEDUP_OFF: 0,
     InjectedBug.NO_TRUNCATE_CONFLICT: 5,
+    InjectedBug.STALE_LEADER_READS: 24,
 }
 
 
