@@ -340,13 +340,34 @@ class World:
         if self.params.process.wipe_rejoin:
             self.loop.at(draw.randint(now, end), self._wipe_and_rejoin)
 
-    def _crash(self, node: SimNode, restart: bool = True) -> None:
-        self._fault("crash", str(node.node_id))
+    def _crash(
+        self,
+        node: SimNode,
+        restart: bool = True,
+        kind: str = "crash",
+        restart_us: tuple[int, int] | None = None,
+    ) -> None:
+        """Crash `node` now and, unless told not to, restart it after a delay drawn from
+        `restart_us` (by default the run's restart range)."""
+        self._fault(kind, str(node.node_id))
         node.crash()
         if restart:
             process = self.params.process
-            delay = self._fault_random.randint(process.restart_min_us, process.restart_max_us)
+            low, high = restart_us or (process.restart_min_us, process.restart_max_us)
+            delay = self._fault_random.randint(low, high)
             self.loop.after(delay, lambda: self._restart(node))
+
+    def _crash_later(
+        self, node: SimNode, delay_us: int, kind: str, restart_us: tuple[int, int] | None = None
+    ) -> None:
+        """`_crash` after `delay_us`, unless the node has died or restarted meanwhile."""
+        incarnation = node.incarnation
+
+        def crash() -> None:
+            if node.up and node.incarnation == incarnation:
+                self._crash(node, kind=kind, restart_us=restart_us)
+
+        self.loop.after(delay_us, crash)
 
     def _restart(self, node: SimNode) -> None:
         if not node.up and not node.retired and (self._faulting or self._core is None):
@@ -362,13 +383,7 @@ class World:
             self.params.process.new_leader_crash
         ):
             return
-        incarnation = node.incarnation
-
-        def crash() -> None:
-            if node.up and node.incarnation == incarnation:
-                self._crash(node)
-
-        self.loop.after(self._fault_random.randint(100, 30 * MS), crash)
+        self._crash_later(node, self._fault_random.randint(100, 30 * MS), "crash")
 
     def on_vote_granted(self, node: SimNode) -> None:
         """A node just granted a vote: sometimes it dies at once and is back within a few ms,
@@ -376,16 +391,7 @@ class World:
         an unpersisted vote would break)."""
         if not self._faulting or not self._fault_random.chance(self.params.process.vote_crash):
             return
-        incarnation = node.incarnation
-
-        def crash() -> None:
-            if node.up and node.incarnation == incarnation:
-                self._fault("vote_crash", str(node.node_id))
-                node.crash()
-                delay = self._fault_random.randint(100, 5 * MS)
-                self.loop.after(delay, lambda: self._restart(node))
-
-        self.loop.after(1, crash)
+        self._crash_later(node, 1, "vote_crash", restart_us=(100, 5 * MS))
 
     def _restart_cluster(self) -> None:
         if not self._faulting:
