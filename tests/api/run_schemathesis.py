@@ -1,5 +1,6 @@
 """schemathesis, every check, against `/openapi.json` of a real `memora serve`; exits non-zero
-on any failure. Run by `.ci/run` as `python tests/api/run_schemathesis.py`.
+on any failure. Run by the test suite (tests/api/test_schemathesis.py) and on its own as
+`python tests/api/run_schemathesis.py`.
 
 The server is started as a user would (`python -m memora serve --http-port 0` on a fresh data
 directory) with one admin token for every namespace from `MEMORA_TOKENS`, so the authenticated
@@ -57,15 +58,23 @@ def schemathesis_command(url: str) -> list[str]:
     ]
 
 
-def main() -> int:
+def run_schemathesis(*, capture: bool) -> subprocess.CompletedProcess[str]:
+    """Serves a fresh data directory and runs schemathesis against it; `capture` keeps the
+    report in the result instead of printing it."""
     with tempfile.TemporaryDirectory() as directory:
         tokens = {"MEMORA_TOKENS": f"schemathesis:admin:*:{TOKEN}"}
         with MemoraProcess(Path(directory) / "data", tokens) as server:
             command = schemathesis_command(server.url)
             # In the temporary directory, so its caches stay out of the checkout.
-            finished = subprocess.run(command, cwd=directory, timeout=run_time_s_max)
-    return finished.returncode
+            return subprocess.run(
+                command,
+                cwd=directory,
+                timeout=run_time_s_max,
+                capture_output=capture,
+                text=True,
+                check=False,
+            )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_schemathesis(capture=False).returncode)
