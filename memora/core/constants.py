@@ -144,3 +144,31 @@ assert 0 < raft_snapshot_chunk_bytes <= frame_body_bytes_max - 1024
 assert raft_snapshot_chunk_bytes <= raft_snapshot_bytes_max
 assert raft_snapshot_retry_heartbeats >= 1
 assert raft_pending_reads_max > 0
+
+# ---------------------------------------------------------------------------------------------
+# The peer transport between cluster nodes (memora/net/peer_wire.py, memora/net/peer_transport.py).
+peer_protocol_version: Final = 1
+# The shared cluster secret: shorter ones are refused (HMAC-SHA256 keys of 128 bits at least).
+peer_secret_bytes_min: Final = 16
+peer_secret_bytes_max: Final = 4096
+# Each side of a handshake contributes a fresh nonce of this size.
+peer_nonce_bytes: Final = 32
+# Every frame after the handshake ends with an HMAC-SHA256 tag truncated to this size.
+peer_mac_bytes: Final = 16
+# A handshake message (a small CBOR map) never exceeds this; a longer length prefix is refused.
+peer_handshake_body_bytes_max: Final = 1024
+peer_cluster_id_bytes_max: Final = 128
+# "host:port", with a DNS name of at most 253 bytes or a bracketed IPv6 literal.
+peer_address_bytes_max: Final = 300
+# One read from a peer's socket takes at most this many bytes.
+peer_receive_bytes_max: Final = 256 * 1024
+
+assert peer_protocol_version >= 1
+assert 16 <= peer_secret_bytes_min <= peer_secret_bytes_max
+assert peer_nonce_bytes >= 16
+assert 8 <= peer_mac_bytes <= 32
+assert peer_cluster_id_bytes_max + peer_address_bytes_max + 3 * peer_nonce_bytes < (
+    peer_handshake_body_bytes_max
+)
+assert frame_body_bytes_max + peer_mac_bytes < 2**32
+assert peer_receive_bytes_max > 0
