@@ -25,8 +25,10 @@ Snapshots are taken between two Readies, when asked (`snapshot()`) or when the l
 `DriverLimits.snapshot_every_entries`: the replica is encoded on the trio thread (no apply can
 interleave), the files are written in a worker thread, and the log before the snapshot is dropped.
 
-A node alone in its configuration has no messages to send (`NoPeers`). A cluster (issue 6) plugs
-in a `Transport` that sends a Ready's messages and calls `receive()` with the messages it gets.
+A node alone in its configuration has no messages to send (`NoPeers`). A member of a cluster is
+given a `Transport` that sends a Ready's messages; whoever reads the peers' messages calls
+`receive()` (see `memora.net.cluster`). Membership changes (`change_configuration`) and
+leadership transfers are the leader's; forwarding them from other members is the cluster's job.
 
 Shutdown (`stop()`): new work is refused with `UnavailableError`, work in flight gets up to
 `DriverLimits.drain_timeout_s` to finish, the loops stop between two Readies, whoever still waits
@@ -53,6 +55,8 @@ from memora.core.errors import CodecError, LimitError, MemoraError, ValidationEr
 from memora.core.prng import Prng
 from memora.core.raft import (
     Configuration,
+    ConfigurationChange,
+    EntryKind,
     LogEntry,
     Message,
     ProposalDroppedError,
@@ -75,6 +79,9 @@ LOCK_FILE = "lock"
 # Recorded as the author of what the node writes on its own behalf (the default namespace).
 SYSTEM_PRINCIPAL = "memora"
 _TICK_S = constants.raft_tick_ms / 1000
+_DEFAULT_NAMESPACE_POLL_S = 0.1
+# How often a caller waiting for a leadership transfer checks whether it happened.
+_LEADER_POLL_S = 0.01
 # What `metrics()` counts, all present from the start (at 0) so that every scrape has each name.
 COUNTERS = (
     "writes_applied_total",
@@ -226,13 +233,19 @@ def resolve_write(writes: Waiters, entry: LogEntry, result: Result | None) -> No
     """Answer the writer waiting on `entry.index`, if any, once that entry is applied.
 
     The writer proposed at that index in some term. If the entry applied there is of another
-    term, a new leader replaced the writer's entry: the write was lost, and says so."""
+    term, a new leader replaced the writer's entry: the write was lost, and says so. A
+    configuration change has no reply of the state machine: its waiter gets `Applied(index,
+    None)`."""
     waiter = writes.pop(entry.index)
     if waiter is None:
         return
     if entry.term != waiter.term:
         reason = f"entry {entry.index} was replaced by a leader of term {entry.term}; retry"
         waiter.fail(UnavailableError(reason))
+        return
+    if entry.kind is EntryKind.CONFIGURATION:
+        assert result is None, result
+        waiter.succeed(Applied(entry.index, None))
         return
     assert result is not None, f"entry {entry.index} is a writer's, so it carries a proposal"
     waiter.succeed(result)
@@ -300,21 +313,26 @@ class NodeDriver:
         *,
         node_id: int = SOLE_NODE_ID,
         transport: Transport | None = None,
+        founding_voters: tuple[int, ...] | None = None,
+        joining: bool = False,
         options: RaftOptions | None = None,
         limits: DriverLimits | None = None,
         default_namespace: str | None = constants.namespace_default,
         wall_clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> NodeDriver:
-        """Open the node in `data_dir` (founding a one-voter cluster if the directory is new) and
-        restore its newest snapshot. `run()` then applies the committed log and starts serving.
+        """Open the node in `data_dir` and restore its newest snapshot. `run()` then applies the
+        committed log and starts serving.
 
+        A new directory founds a cluster of `founding_voters` (by default this node alone), or,
+        if `joining`, starts empty: it waits for a leader that added it to send it the log.
         Without a `transport` the node must be the only voter of its configuration.
         `default_namespace`, if not None, is created on first start. `wall_clock_ms` stamps
         writes (tests pass their own)."""
         os.makedirs(data_dir, exist_ok=True)
         lock_descriptor = _lock_data_dir(data_dir)
         try:
-            storage = _open_or_bootstrap(data_dir, node_id)
+            founding = None if joining else Configuration(voters=founding_voters or (node_id,))
+            storage = _open_or_bootstrap(data_dir, founding)
         except BaseException:
             os.close(lock_descriptor)
             raise
@@ -362,6 +380,24 @@ class NodeDriver:
     def node_id(self) -> int:
         return self._raft.node_id
 
+    @property
+    def leader_id(self) -> int | None:
+        """The leader this node knows of in its current term (itself, if it leads)."""
+        return self._raft.leader_id
+
+    @property
+    def configuration(self) -> Configuration:
+        return self._raft.configuration
+
+    @property
+    def serving(self) -> bool:
+        return self._lifecycle is _Lifecycle.SERVING
+
+    def match_index(self, node_id: int) -> int | None:
+        """On a leader, the last log index known to be on `node_id`; None elsewhere."""
+        progress = self._raft.progress(node_id)
+        return None if progress is None else progress.match
+
     # -- Life cycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -377,6 +413,8 @@ class NodeDriver:
                 await self._start_up()
                 if self._lifecycle is _Lifecycle.STARTING:
                     self._lifecycle = _Lifecycle.SERVING
+                if self._default_namespace is not None:
+                    nursery.start_soon(self._create_default_namespace_when_leader)
                 task_status.started()
                 await self._stop_requested.wait()
                 await self._drain()
@@ -407,14 +445,23 @@ class NodeDriver:
             await self._wait_applied(self._raft.log.last_index())
         else:
             await self._wait_applied(self._raft.log.committed)
+        if self._raft.role is Role.LEADER:
+            await self._create_default_namespace()
+
+    async def _create_default_namespace(self) -> None:
         namespace = self._default_namespace
-        if (
-            namespace is not None
-            and self._raft.role is Role.LEADER
-            and namespace not in self.replica.machine.namespaces
-        ):
+        if namespace is not None and namespace not in self.replica.machine.namespaces:
             command = CreateNamespace(constants.dimension_default)
             await self._write(Proposal(0, SYSTEM_PRINCIPAL, namespace, None, command))
+
+    async def _create_default_namespace_when_leader(self) -> None:
+        """A member of a cluster starts without a leader: whichever node leads first creates
+        the default namespace (a second leader's attempt is refused as a duplicate, harmlessly)."""
+        while self._default_namespace not in self.replica.machine.namespaces:
+            if self._raft.role is Role.LEADER and self._lifecycle is _Lifecycle.SERVING:
+                with contextlib.suppress(MemoraError):
+                    await self._create_default_namespace()
+            await trio.sleep(_DEFAULT_NAMESPACE_POLL_S)
 
     async def _drain(self) -> None:
         with trio.move_on_after(self._limits.drain_timeout_s):
@@ -490,6 +537,44 @@ class NodeDriver:
         """The wall clock in ms, never going backwards within this node."""
         self._last_timestamp_ms = max(self._last_timestamp_ms, self._wall_clock_ms())
         return self._last_timestamp_ms
+
+    # -- Membership (the leader's) ----------------------------------------------------------------
+
+    async def change_configuration(self, change: ConfigurationChange) -> int:
+        """Propose one single-server membership change as the leader and wait until it is
+        applied; returns its log index. Raises `NotLeaderError` on a follower,
+        `UnavailableError` while another change is uncommitted or the deadline passes, and
+        `ConfigurationChangeError` for a change that does not fit the configuration."""
+        self._check_serving()
+        with self._counted_in_flight():
+            try:
+                index = self._raft.propose_configuration_change(change)
+            except RaftNotLeaderError as error:
+                raise _not_leader(error.leader_hint) from None
+            except ProposalDroppedError as error:
+                raise UnavailableError(error.message) from None
+            self._kick()
+            waiter = self._writes.add(index, self._raft.term)
+            try:
+                with _deadline(self._limits.write_timeout_s, f"the change at log index {index}"):
+                    await waiter.done.wait()
+            finally:
+                self._writes.discard(index, waiter)
+        waiter.outcome()
+        return index
+
+    async def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to the voter `target` and wait until it leads (this node must)."""
+        self._check_serving()
+        with self._counted_in_flight():
+            try:
+                self._raft.transfer_leadership(target)
+            except RaftNotLeaderError as error:
+                raise _not_leader(error.leader_hint) from None
+            self._kick()
+            with _deadline(self._limits.write_timeout_s, f"the transfer to node {target}"):
+                while self._raft.leader_id != target:
+                    await trio.sleep(_LEADER_POLL_S)
 
     # -- NodeApi: reads ---------------------------------------------------------------------------
 
@@ -754,11 +839,12 @@ def _lock_data_dir(data_dir: str) -> int:
     return descriptor
 
 
-def _open_or_bootstrap(data_dir: str, node_id: int) -> FileStorage:
-    """The node's storage; a directory with no Raft state founds a one-voter cluster."""
+def _open_or_bootstrap(data_dir: str, founding: Configuration | None) -> FileStorage:
+    """The node's storage. A directory with no Raft state founds a cluster of `founding`, or
+    stays empty (a node that joins) if that is None."""
     storage = FileStorage.open(data_dir)
     hard_state, _, meta, entries = storage.initial_state()
-    if hard_state.term == 0 and not entries and meta.index == 0:
+    if founding is not None and hard_state.term == 0 and not entries and meta.index == 0:
         storage.close()
-        return FileStorage.bootstrap(data_dir, Configuration(voters=(node_id,)))
+        return FileStorage.bootstrap(data_dir, founding)
     return storage
