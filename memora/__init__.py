@@ -42,12 +42,19 @@ def __getattr__(name: str) -> object:
         from memora.service.embedded import Memora
 
         return Memora
+    if name in ("Client", "AsyncClient"):
+        import memora.client
+
+        client: object = getattr(memora.client, name)
+        return client
     raise AttributeError(f"module 'memora' has no attribute {name!r}")
 
 
 __all__ = [
     "AddObservation",
+    "AsyncClient",
     "Batch",
+    "Client",
     "CodecError",
     "ConflictError",
     "CreateNamespace",
