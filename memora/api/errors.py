@@ -79,6 +79,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    "invalid_configuration_change": 409,
+    "not_clustered": 409,
     "body_too_large": 413,
     "unavailable": 503,
     "not_leader": 503,

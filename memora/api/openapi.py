@@ -13,7 +13,13 @@ import functools
 import importlib.resources
 from typing import Any, Final
 
-from memora.api import endpoints_node, endpoints_queries, endpoints_records, schemas
+from memora.api import (
+    endpoints_cluster,
+    endpoints_node,
+    endpoints_queries,
+    endpoints_records,
+    schemas,
+)
 from memora.api.routing import Answer, Call, Endpoint, Parameter, Tenancy
 
 _ERROR_DESCRIPTIONS: Final = {
@@ -22,7 +28,9 @@ _ERROR_DESCRIPTIONS: Final = {
     401: "No bearer token, or an unknown one (code unauthenticated).",
     403: "The token's role or namespaces do not cover this request (code forbidden).",
     404: "A record or namespace that does not exist (code not_found).",
-    409: "A duplicate id or unique name, or a superseded client sequence (code conflict).",
+    409: "A duplicate id or unique name, or a superseded client sequence (code conflict); a "
+    "membership change that does not fit the configuration (invalid_configuration_change) or "
+    "is asked of a node running alone (not_clustered).",
     413: "The request body is larger than the server's limit (code body_too_large).",
     422: "The request matches this document but is refused: a text over its limit in UTF-8 bytes "
     "or another limit (code too_large), a vector whose length is not the namespace's dimension "
@@ -46,7 +54,7 @@ def error_statuses(endpoint: Endpoint) -> tuple[int, ...]:
         statuses |= {401, 403}
     if endpoint.tenancy is not Tenancy.NODE or endpoint.writes:
         statuses.add(404)
-    if endpoint.writes:
+    if endpoint.writes or endpoint.conflicts:
         statuses.add(409)
     return tuple(sorted(statuses))
 
@@ -148,6 +156,7 @@ _OWN_ENDPOINTS: Final = (
 
 ENDPOINTS: Final = (
     *endpoints_node.ENDPOINTS,
+    *endpoints_cluster.ENDPOINTS,
     *endpoints_records.ENDPOINTS,
     *endpoints_queries.ENDPOINTS,
     *_OWN_ENDPOINTS,

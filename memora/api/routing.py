@@ -168,6 +168,7 @@ class Endpoint:
     body: str | None = None  # Component name of the request body.
     tenancy: Tenancy = Tenancy.QUERY
     writes: bool = False  # Takes the client session headers.
+    conflicts: bool = False  # May answer 409 without being a record write (membership).
     description: str = ""
     media_type: str = "application/json"  # Of the success answer; JSON needs an `answer`.
 

@@ -366,25 +366,39 @@ def _array_of(name: str) -> Schema:
 
 _NEXT: Final = nullable(INDEX)
 
-_PEER_HEALTH = _object(
-    {
-        "node_id": {"type": "integer"},
-        "match_index": nullable(INDEX),
-        "lag": nullable({"type": "integer", "description": "Entries behind the leader's log."}),
-    },
-    ("node_id", "match_index", "lag"),
+NODE_ID: Final = {
+    "type": "integer",
+    "minimum": constants.raft_node_id_min,
+    "maximum": constants.raft_node_id_max,
+}
+_PEER_PROPERTIES: Final[dict[str, Schema]] = {
+    "node_id": NODE_ID,
+    "role": {"type": "string", "enum": ["voter", "learner"]},
+    "match_index": nullable(INDEX),
+    "lag": nullable({"type": "integer", "description": "Entries behind the leader's log."}),
+    "connected": {"type": "boolean", "description": "Whether this node's link to it is up."},
+    "last_received_s_ago": nullable(
+        {"type": "number", "description": "Seconds since this node last heard from it."}
+    ),
+}
+# The match index and lag are known on the leader only; the link fields exist in a cluster only.
+_PEER_HEALTH = _object(_PEER_PROPERTIES, ("node_id", "role", "match_index", "lag"))
+_PEER_STATUS = _object(
+    {**_PEER_PROPERTIES, "address": nullable({"type": "string"})},
+    ("node_id", "role", "match_index", "lag"),
 )
 _HEALTH_PROPERTIES: Final[dict[str, Schema]] = {
-    "node_id": {"type": "integer"},
+    "node_id": NODE_ID,
     "state": {"type": "string", "enum": ["starting", "serving", "stopping", "stopped"]},
     "role": {"type": "string", "enum": [role.value for role in RaftRole]},
     "term": INDEX,
-    "leader_id": nullable({"type": "integer"}),
+    "leader_id": nullable(NODE_ID),
     "commit_index": INDEX,
     "applied_index": INDEX,
     "last_index": INDEX,
     "snapshot_index": INDEX,
-    "voters": {"type": "array", "items": {"type": "integer"}},
+    "voters": {"type": "array", "items": NODE_ID},
+    "learners": {"type": "array", "items": NODE_ID},
     "peers": {"type": "array", "items": _PEER_HEALTH},
 }
 # The fields health shows anyone, without a token; the node's data directory is not one of them.
@@ -451,6 +465,38 @@ COMPONENTS: Final[dict[str, Schema]] = {
         }
     ),
     "SnapshotTaken": _answer({"snapshot_index": INDEX}),
+    "ClusterStatus": _answer(
+        {
+            "cluster_id": nullable({"type": "string"}),
+            "node_id": NODE_ID,
+            "leader_id": nullable(NODE_ID),
+            "term": INDEX,
+            "voters": {"type": "array", "items": NODE_ID},
+            "learners": {"type": "array", "items": NODE_ID},
+            "peers": {"type": "array", "items": _PEER_STATUS},
+        }
+    ),
+    "MemberAdd": _input(
+        {
+            "node_id": NODE_ID,
+            "address": {
+                "type": "string",
+                "maxLength": 300,
+                "description": "host:port of the node's peer listener, if the cluster does not "
+                "know it yet (a node that joins also announces it when it connects).",
+            },
+        },
+        ("node_id",),
+    ),
+    "LeaderTransfer": _input({"node_id": NODE_ID}, ("node_id",)),
+    "MembershipChanged": _answer(
+        {
+            "commit_index": INDEX,
+            "voters": {"type": "array", "items": NODE_ID},
+            "learners": {"type": "array", "items": NODE_ID},
+        }
+    ),
+    "LeaderTransferred": _answer({"leader_id": NODE_ID}),
     "Health": _HEALTH,
     "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     "Metrics": _answer({"metrics": {"type": "object", "additionalProperties": {"type": "number"}}}),

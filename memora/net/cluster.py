@@ -51,7 +51,7 @@ from memora.core.raft import (
 )
 from memora.core.replica import Replica
 from memora.core.types import Applied, Proposal, Rejected
-from memora.net.driver import NodeDriver
+from memora.net.driver import NodeDriver, cluster_status_of
 from memora.net.node_api import Consistency, NotLeaderError, UnavailableError, WriteOutcome
 
 PeerAddress = tuple[str, int]
@@ -450,15 +450,13 @@ class ClusterNode:
         return await self.driver.snapshot()
 
     def health(self) -> dict[str, Any]:
-        """The driver's health, each peer with the link's view of it."""
+        """The driver's health, each peer with whether its link is up and when it last spoke."""
         health = self.driver.health()
         links = self._link.peer_status()
         for peer in health["peers"]:
             link = links.get(peer["node_id"], {})
-            peer["address"] = link.get("address")
             peer["connected"] = bool(link.get("outbound_connected"))
             peer["last_received_s_ago"] = link.get("last_received_s_ago")
-        health["cluster_id"] = self.cluster_id
         return health
 
     def metrics(self) -> dict[str, float | int]:
@@ -545,15 +543,12 @@ class ClusterNode:
             await trio.sleep(_CATCH_UP_POLL_S)
 
     def cluster_status(self) -> dict[str, Any]:
-        configuration = self.driver.configuration
-        return {
-            "cluster_id": self.cluster_id,
-            "node_id": self.node_id,
-            "leader_id": self.driver.leader_id,
-            "voters": list(configuration.voters),
-            "learners": list(configuration.learners),
-            "health": self.health(),
-        }
+        """See `NodeApi.cluster_status`: the health's peers, each with its address."""
+        status = cluster_status_of(self.cluster_id, self.health())
+        links = self._link.peer_status()
+        for peer in status["peers"]:
+            peer["address"] = links.get(peer["node_id"], {}).get("address")
+        return status
 
 
 def _member_argument(argument: Any) -> tuple[int, str | None]:

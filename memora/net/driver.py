@@ -80,6 +80,7 @@ LOCK_FILE = "lock"
 SYSTEM_PRINCIPAL = "memora"
 _TICK_S = constants.raft_tick_ms / 1000
 _DEFAULT_NAMESPACE_POLL_S = 0.1
+_ALONE = "this node runs alone: start every member with --node-id and --peers to form a cluster"
 # How often a caller waiting for a leadership transfer checks whether it happened.
 _LEADER_POLL_S = 0.01
 # What `metrics()` counts, all present from the start (at 0) so that every scrape has each name.
@@ -140,6 +141,12 @@ class ForeignDataDirError(MemoraError):
     """The data directory belongs to a cluster this node cannot serve alone."""
 
     code = "foreign_data_dir"
+
+
+class NotClusteredError(MemoraError):
+    """A membership change asked of a node that runs alone (started without peers)."""
+
+    code = "not_clustered"
 
 
 class DataDirLockedError(MemoraError):
@@ -563,17 +570,17 @@ class NodeDriver:
         waiter.outcome()
         return index
 
-    async def transfer_leadership(self, target: int) -> None:
-        """Hand leadership to the voter `target` and wait until it leads (this node must)."""
+    async def transfer_leadership(self, node_id: int) -> None:
+        """Hand leadership to the voter `node_id` and wait until it leads (this node must lead)."""
         self._check_serving()
         with self._counted_in_flight():
             try:
-                self._raft.transfer_leadership(target)
+                self._raft.transfer_leadership(node_id)
             except RaftNotLeaderError as error:
                 raise _not_leader(error.leader_hint) from None
             self._kick()
-            with _deadline(self._limits.write_timeout_s, f"the transfer to node {target}"):
-                while self._raft.leader_id != target:
+            with _deadline(self._limits.write_timeout_s, f"the transfer to node {node_id}"):
+                while self._raft.leader_id != node_id:
                     await trio.sleep(_LEADER_POLL_S)
 
     # -- NodeApi: reads ---------------------------------------------------------------------------
@@ -659,6 +666,7 @@ class NodeDriver:
             "last_index": raft.log.last_index(),
             "snapshot_index": raft.log.snapshot_index,
             "voters": list(raft.configuration.voters),
+            "learners": list(raft.configuration.learners),
             "peers": self._peers_health(),
             "data_dir": self.data_dir,
         }
@@ -673,8 +681,19 @@ class NodeDriver:
             progress = self._raft.progress(member)
             match = None if progress is None else progress.match
             lag = None if match is None else last_index - match
-            peers.append({"node_id": member, "match_index": match, "lag": lag})
+            role = "voter" if self._raft.configuration.is_voter(member) else "learner"
+            peers.append({"node_id": member, "role": role, "match_index": match, "lag": lag})
         return peers
+
+    def cluster_status(self) -> dict[str, Any]:
+        """See `NodeApi.cluster_status`: a node alone has no cluster id and no peers."""
+        return cluster_status_of(None, self.health())
+
+    async def add_member(self, node_id: int, address: str | None) -> int:
+        raise NotClusteredError(_ALONE, "node_id")
+
+    async def remove_member(self, node_id: int) -> int:
+        raise NotClusteredError(_ALONE, "node_id")
 
     def metrics(self) -> dict[str, float | int]:
         """See `NodeApi.metrics`. Names end in `_total` for counters; the rest are gauges."""
@@ -797,6 +816,11 @@ class NodeDriver:
             self._counters["snapshots_total"] += 1
         for request in requests:
             request.succeed(self._raft.log.snapshot_index)
+
+
+def cluster_status_of(cluster_id: str | None, health: dict[str, Any]) -> dict[str, Any]:
+    names = ("node_id", "leader_id", "term", "voters", "learners", "peers")
+    return {"cluster_id": cluster_id, **{name: health[name] for name in names}}
 
 
 def _needs_disk(ready: Ready, storage: FileStorage) -> bool:

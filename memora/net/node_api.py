@@ -53,7 +53,7 @@ class UnavailableError(MemoraError):
 
 
 class NotLeaderError(MemoraError):
-    """This node is not the leader and cannot forward the request (issue 6 forwards writes).
+    """This node is not the leader and cannot forward the request.
 
     `leader_id` is the node believed to lead, if any."""
 
@@ -96,4 +96,23 @@ class NodeApi(Protocol):
 
     def metrics(self) -> dict[str, float | int]:
         """Counters and gauges, flat `name -> number` (JSON-ready, and Prometheus by name)."""
+        ...
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The cluster id, this node, the leader, voters, learners and every peer with its role,
+        address, link state and lag (JSON-ready)."""
+        ...
+
+    async def add_member(self, node_id: int, address: str | None) -> int:
+        """Add `node_id` (reachable at `address`, `host:port`) as a learner, wait until it
+        caught up, then make it a voter; returns the index of that configuration. Done at the
+        leader wherever it is asked; asking again does what is left to do."""
+        ...
+
+    async def remove_member(self, node_id: int) -> int:
+        """Remove `node_id` from the configuration; returns the index of the new one."""
+        ...
+
+    async def transfer_leadership(self, node_id: int) -> None:
+        """Make the voter `node_id` the leader; returns once it leads."""
         ...

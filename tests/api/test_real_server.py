@@ -80,6 +80,29 @@ async def node_endpoints(client: ApiClient, namespace: str) -> None:
     assert (await client.get("/api/v1/namespaces", query={"consistency": "x"})).status == 400
     assert (await client.post("/api/v1/snapshot")).json["snapshot_index"] > 0
     assert (await client.with_token(WRITER).post("/api/v1/snapshot")).status == 403
+    await cluster_endpoints(client)
+
+
+# Membership changes succeed only in a cluster (tests/net/test_cluster.py, tests/test_cluster.py);
+# a node running alone answers them 409 not_clustered.
+CLUSTER_ONLY = {
+    ("post", "/api/v1/cluster/members"),
+    ("delete", "/api/v1/cluster/members/{node_id}"),
+}
+
+
+async def cluster_endpoints(client: ApiClient) -> None:
+    status = await client.get("/api/v1/cluster")
+    assert status.json["voters"] == [1] and status.json["peers"] == [], status.json
+    assert (await client.with_token(None).get("/api/v1/cluster")).status == 401
+    alone = await client.post("/api/v1/cluster/members", {"node_id": 2})
+    assert alone.status == 409 and alone.json["error"]["code"] == "not_clustered", alone.json
+    assert (await client.delete("/api/v1/cluster/members/2")).status == 409
+    assert (await client.post("/api/v1/cluster/leader", {"node_id": 1})).json == {"leader_id": 1}
+    assert (await client.post("/api/v1/cluster/leader", {"node_id": 2})).status == 422
+    assert (await client.post("/api/v1/cluster/leader", {"node_id": 0})).status == 400
+    transfer = client.with_token(WRITER).post("/api/v1/cluster/leader", {"node_id": 1})
+    assert (await transfer).status == 403
 
 
 async def record_endpoints(client: ApiClient, namespace: str) -> None:
@@ -163,7 +186,10 @@ async def test_every_endpoint_answers_its_success_and_its_errors(
     for path, operations in SPEC["paths"].items():
         for method, operation in operations.items():
             statuses = {status for m, p, status in root.seen if (m, p) == (method.upper(), path)}
-            assert any(status < 300 for status in statuses), (method, path, statuses)
+            if (method, path) in CLUSTER_ONLY:
+                assert 409 in statuses, (method, path, statuses)
+            else:
+                assert any(status < 300 for status in statuses), (method, path, statuses)
             errors = set(operation["responses"]) - {"200", "201", "503"}
             assert not errors or any(400 <= status < 500 for status in statuses), (method, path)
 
