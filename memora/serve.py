@@ -1,4 +1,4 @@
-"""`memora serve`: one node on trio, with the REST API over HTTP.
+"""`memora serve`: one node on trio, alone or a member of a cluster, with the REST API over HTTP.
 
 What lives here: the configuration of a serving process (flags, a TOML file, API tokens from the
 environment), validated into one `ServeConfig`; and the process itself: a trio nursery holding
@@ -8,7 +8,7 @@ endpoint logic (`memora.api`), Raft or storage logic (`memora.net`, `memora.core
 
 Configuration. Flags override the file; the file overrides the defaults. The file (`--config`)
 is TOML with the keys `data_dir`, `host`, `http_port`, `mcp_port`, `body_bytes_max`,
-`request_timeout_s`, `default_namespace`, and any number of token tables:
+`request_timeout_s`, `default_namespace`, the cluster keys below, and any number of token tables:
 
     [[tokens]]
     token = "a-long-random-secret"        # at least 16 visible ASCII characters
@@ -25,6 +25,15 @@ separated by `;`, each `PRINCIPAL:ROLE:NAMESPACES:TOKEN` with the namespaces sep
 
 A bad value stops the process with exit code 2 and one line naming the key. With no tokens the
 API is open, so the server listens on 127.0.0.1 only, whatever `--host` says, and says so.
+
+A cluster. `--node-id N --peers 1=HOST:PORT,2=HOST:PORT,...` (keys `node_id`, `peers`) makes the
+node a member: the list names every founding member's peer listener, this node's included (it
+listens there). A new data directory founds the cluster of those members; with `--join` (key
+`join`) it starts empty instead and waits for `memora cluster add-node`. `--cluster-id` (key
+`cluster_id`, default `memora`) names the cluster. Members prove to each other that they hold
+the cluster secret, from `MEMORA_CLUSTER_SECRET` or the file named by
+`MEMORA_CLUSTER_SECRET_FILE` (or the key `cluster_secret_file`): at least 16 bytes, the same on
+every member. A cluster without a secret is refused.
 
 The process prints one line for the data directory, one for what recovery found, and one per
 listener. SIGINT or SIGTERM: the HTTP server stops accepting connections and drains the requests
@@ -56,13 +65,21 @@ from memora.api.http_server import serve_http
 from memora.api.settings import ALL_NAMESPACES, ApiSettings, Role, TokenGrant
 from memora.core import constants, validate
 from memora.core.errors import MemoraError
+from memora.net import peer_wire
+from memora.net.cluster import ClusterNode, PeerAddress, RaftOutbox, format_address, parse_peers
 from memora.net.driver import NodeDriver
+from memora.net.peer_transport import PeerTransport, TransportSettings
 from memora.net.raft_storage import RaftStorageError
 
 EXIT_CONFIG_ERROR: Final = 2
 EXIT_FAILURE: Final = 1
 TOKENS_VARIABLE: Final = "MEMORA_TOKENS"
 TOKENS_FILE_VARIABLE: Final = "MEMORA_TOKENS_FILE"
+SECRET_VARIABLE: Final = "MEMORA_CLUSTER_SECRET"
+SECRET_FILE_VARIABLE: Final = "MEMORA_CLUSTER_SECRET_FILE"
+CLUSTER_ID_DEFAULT: Final = "memora"
+# The file keys of a cluster member (no defaults: a node without `peers` runs alone).
+CLUSTER_KEYS: Final = ("node_id", "peers", "join", "cluster_id", "cluster_secret_file")
 LOOPBACK_HOST: Final = "127.0.0.1"
 DEFAULTS: Final[Mapping[str, Any]] = {
     "data_dir": "./memora_data",
@@ -74,7 +91,16 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "default_namespace": constants.namespace_default,
 }
 # The keys a flag may set (`--data-dir` sets data_dir), overriding the file.
-FLAG_KEYS: Final = ("data_dir", "host", "http_port", "mcp_port")
+FLAG_KEYS: Final = (
+    "data_dir",
+    "host",
+    "http_port",
+    "mcp_port",
+    "node_id",
+    "peers",
+    "join",
+    "cluster_id",
+)
 TOKEN_CHARACTERS_MIN: Final = 16
 BODY_BYTES_MAX_LIMIT: Final = 1 << 30
 REQUEST_TIMEOUT_S_MAX: Final = 3600.0
@@ -96,6 +122,22 @@ class ConfigError(Exception):
 
 
 @attrs.frozen
+class ClusterConfig:
+    """This node's place in a cluster: its id, every founding member's peer address (its own
+    included), whether it joins an existing cluster, and the cluster's id and secret."""
+
+    node_id: int
+    peers: Mapping[int, PeerAddress]
+    join: bool
+    cluster_id: str
+    secret: bytes = attrs.field(repr=False)
+
+    @property
+    def listen(self) -> PeerAddress:
+        return self.peers[self.node_id]
+
+
+@attrs.frozen
 class ServeConfig:
     data_dir: str
     host: str
@@ -104,6 +146,7 @@ class ServeConfig:
     api: ApiSettings
     # The non-loopback --host that was asked for and replaced by 127.0.0.1 (no tokens), if any.
     host_refused: str | None = None
+    cluster: ClusterConfig | None = None
 
 
 # -- The command line ---------------------------------------------------------------------------
@@ -124,6 +167,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"MCP port, reserved: MCP is not served yet (default {DEFAULTS['mcp_port']})",
     )
     parser.add_argument("--config", metavar="FILE", help="a TOML file of settings and [[tokens]]")
+    cluster = parser.add_argument_group("cluster membership")
+    cluster.add_argument("--node-id", type=_integer_flag, help="this node's id in the cluster")
+    cluster.add_argument(
+        "--peers",
+        metavar="ID=HOST:PORT,...",
+        help="every founding member's peer address, this node's included (it listens there)",
+    )
+    cluster.add_argument(
+        "--join",
+        action="store_true",
+        default=None,
+        help="start empty and wait to be added (`memora cluster add-node`), not found a cluster",
+    )
+    cluster.add_argument("--cluster-id", help=f"the cluster's name (default {CLUSTER_ID_DEFAULT})")
+
+
+def _integer_flag(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
 def _port_flag(text: str) -> int:
@@ -149,7 +213,7 @@ def main(arguments: argparse.Namespace) -> int:
 def load_config(arguments: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
     """Merge defaults, the file and the flags, add tokens from the environment, and validate."""
     file_values = _read_toml(arguments.config, "--config") if arguments.config else {}
-    _check_known_keys(file_values, {*DEFAULTS, "tokens"}, prefix="")
+    _check_known_keys(file_values, {*DEFAULTS, *CLUSTER_KEYS, "tokens"}, prefix="")
     merged = {**DEFAULTS, **file_values}
     for key in FLAG_KEYS:
         value = getattr(arguments, key)
@@ -171,7 +235,58 @@ def load_config(arguments: argparse.Namespace, environ: Mapping[str, str]) -> Se
     refused = None
     if api.open_access and not _is_loopback(host):
         host, refused = LOOPBACK_HOST, host
-    return ServeConfig(_data_dir(merged["data_dir"]), host, http_port, mcp_port, api, refused)
+    cluster = _cluster(merged, environ)
+    data_dir = _data_dir(merged["data_dir"])
+    return ServeConfig(data_dir, host, http_port, mcp_port, api, refused, cluster)
+
+
+def _cluster(values: Mapping[str, Any], environ: Mapping[str, str]) -> ClusterConfig | None:
+    """The cluster settings, or None for a node that runs alone (no `peers`)."""
+    if values.get("peers") is None:
+        for key in ("node_id", "join", "cluster_id"):
+            if values.get(key) is not None:
+                raise ConfigError(key, "needs peers (--peers ID=HOST:PORT,...)")
+        return None
+    if not isinstance(values["peers"], str):
+        raise ConfigError("peers", "must be a string ID=HOST:PORT,ID=HOST:PORT,...")
+    try:
+        peers = parse_peers(values["peers"])
+        cluster_id = peer_wire.check_cluster_id(values.get("cluster_id") or CLUSTER_ID_DEFAULT)
+    except MemoraError as error:
+        raise ConfigError(error.field or "peers", error.message) from None
+    node_id = values.get("node_id")
+    if node_id is None:
+        raise ConfigError("node_id", "a member of a cluster needs its id (--node-id)")
+    if node_id not in peers:
+        raise ConfigError("node_id", f"node {node_id} is not in peers, which must list it")
+    join = values.get("join") or False
+    if type(join) is not bool:
+        raise ConfigError("join", "must be true or false")
+    secret = _cluster_secret(values, environ)
+    return ClusterConfig(node_id, peers, join, cluster_id, secret)
+
+
+def _cluster_secret(values: Mapping[str, Any], environ: Mapping[str, str]) -> bytes:
+    inline, path = environ.get(SECRET_VARIABLE), environ.get(SECRET_FILE_VARIABLE)
+    path = path or values.get("cluster_secret_file")
+    if inline is not None and path is not None:
+        raise ConfigError(SECRET_FILE_VARIABLE, f"set either {SECRET_VARIABLE} or a file, not both")
+    if inline is None and path is None:
+        needed = f"a cluster needs a shared secret: set {SECRET_VARIABLE} or {SECRET_FILE_VARIABLE}"
+        raise ConfigError(SECRET_VARIABLE, needed)
+    key = SECRET_VARIABLE if inline is not None else SECRET_FILE_VARIABLE
+    if inline is not None:
+        secret = inline.encode()
+    else:
+        try:
+            with open(str(path), "rb") as file:
+                secret = file.read().strip()
+        except OSError as error:
+            raise ConfigError(key, f"cannot read {path}: {error.strerror}") from None
+    try:
+        return peer_wire.check_secret(secret)
+    except MemoraError as error:
+        raise ConfigError(key, error.message) from None
 
 
 def _read_toml(path: str, key: str) -> dict[str, Any]:
@@ -336,21 +451,48 @@ def serve(config: ServeConfig, out: TextIO) -> int:
     say = partial(_say, out)
     _raise_open_files_limit()
     try:
-        driver = NodeDriver.open(config.data_dir, default_namespace=config.api.default_namespace)
+        node, link = _open_node(config)
     except (OSError, RaftStorageError, MemoraError) as error:
         say(f"cannot open the data directory {config.data_dir}: {error}")
         return EXIT_FAILURE
+    driver = node.driver if isinstance(node, ClusterNode) else node
     for line in _recovery_lines(driver):
         say(line)
     failure: OSError | None = None
     try:
-        trio.run(_serve, config, driver, say)
+        trio.run(_serve, config, node, link, say)
     except* OSError as group:
         failure = _first_error(group)
     if failure is not None:
         say(f"stopped: {failure}")
         return EXIT_FAILURE
     return 0
+
+
+def _open_node(config: ServeConfig) -> tuple[NodeDriver | ClusterNode, PeerTransport | None]:
+    """The node alone, or the member of a cluster with its links to the peers."""
+    namespace = config.api.default_namespace
+    cluster = config.cluster
+    if cluster is None:
+        return NodeDriver.open(config.data_dir, default_namespace=namespace), None
+    settings = TransportSettings(cluster.cluster_id, cluster.secret)
+    link = PeerTransport(
+        cluster.node_id,
+        cluster.listen,
+        cluster.peers,
+        settings,
+        lambda sender, body: member.deliver(sender, body),
+    )
+    driver = NodeDriver.open(
+        config.data_dir,
+        node_id=cluster.node_id,
+        transport=RaftOutbox(link),
+        founding_voters=tuple(sorted(cluster.peers)),
+        joining=cluster.join,
+        default_namespace=namespace,
+    )
+    member = ClusterNode(driver, link, cluster_id=cluster.cluster_id)
+    return member, link
 
 
 def _raise_open_files_limit() -> None:
@@ -395,27 +537,40 @@ def _first_error(group: BaseExceptionGroup[OSError]) -> OSError:
     return error
 
 
-async def _serve(config: ServeConfig, driver: NodeDriver, say: Callable[[str], None]) -> None:
+async def _serve(
+    config: ServeConfig,
+    node: NodeDriver | ClusterNode,
+    link: PeerTransport | None,
+    say: Callable[[str], None],
+) -> None:
     # Open the receiver first, so that a signal during start-up still shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         stop_http = trio.Event()
         async with trio.open_nursery() as signal_nursery:
             abandon = signal_nursery.cancel_scope
             signal_nursery.start_soon(_watch_signals, signals, stop_http, abandon, say)
-            async with trio.open_nursery() as node_nursery:
-                await node_nursery.start(driver.run)
-                say(_node_line(driver))
-                await _serve_http_until(stop_http, config, driver, say)
-                driver.stop()  # HTTP drained: now the node drains, fsyncs and closes.
+            async with trio.open_nursery() as link_nursery:
+                if link is not None:
+                    await link_nursery.start(link.run)
+                    say(_link_line(config, link))
+                async with trio.open_nursery() as node_nursery:
+                    await node_nursery.start(node.run)
+                    say(_node_line(node))
+                    await _serve_http_until(stop_http, config, node, say)
+                    node.stop()  # HTTP drained: now the node drains, fsyncs and closes.
+                link_nursery.cancel_scope.cancel()  # The node is closed: drop the links.
             abandon.cancel()  # Stops watching for signals.
-    say(f"stopped cleanly at applied index {driver.replica.applied_index}")
+    say(f"stopped cleanly at applied index {node.health()['applied_index']}")
 
 
 async def _serve_http_until(
-    stop: trio.Event, config: ServeConfig, driver: NodeDriver, say: Callable[[str], None]
+    stop: trio.Event,
+    config: ServeConfig,
+    node: NodeDriver | ClusterNode,
+    say: Callable[[str], None],
 ) -> None:
     """Serve the REST API until `stop` is set; returns once the requests in flight drained."""
-    app = create_app(driver, config.api)
+    app = create_app(node, config.api)
     serve_app = partial(
         serve_http, app, host=config.host, port=config.http_port, shutdown_trigger=stop.wait
     )
@@ -442,8 +597,21 @@ async def _watch_signals(
         stop_http.set()
 
 
-def _node_line(driver: NodeDriver) -> str:
-    health = driver.health()
+def _link_line(config: ServeConfig, link: PeerTransport) -> str:
+    cluster = config.cluster
+    assert cluster is not None
+    host, _ = cluster.listen
+    peers = cluster.peers.items()
+    members = ",".join(f"{node}={format_address(address)}" for node, address in peers)
+    joining = "; joining: waits to be added" if cluster.join else ""
+    return (
+        f"cluster {cluster.cluster_id!r}: node {cluster.node_id}, peer links on "
+        f"{format_address((host, link.listen_port))}, founding members {members}{joining}"
+    )
+
+
+def _node_line(node: NodeDriver | ClusterNode) -> str:
+    health = node.health()
     return (
         f"node {health['node_id']} is {health['role']} in term {health['term']}, "
         f"applied index {health['applied_index']}"

@@ -287,6 +287,26 @@ def test_tokens_come_from_the_file_and_the_environment_together(tmp_path: Path) 
     assert [grant.principal for grant in loaded.api.tokens] == ["from-file"]
 
 
+SECRET = "MEMORA_CLUSTER_SECRET"
+CLUSTER_SECRET = "a-cluster-secret-of-some-length"
+PEERS = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+
+
+def test_a_member_of_a_cluster_is_configured_from_flags_file_and_secret(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f'peers = "{PEERS}"\ncluster_id = "prod"\n')
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(CLUSTER_SECRET.encode() + b"\n")
+    environment = {"MEMORA_CLUSTER_SECRET_FILE": str(secret_file)}
+    flags = ("--config", config, "--node-id", "2", "--join")
+    cluster = serve.load_config(serve_arguments(*flags), environment).cluster
+    assert cluster is not None
+    assert (cluster.node_id, cluster.join, cluster.cluster_id) == (2, True, "prod")
+    assert cluster.listen == ("127.0.0.1", 7002) and sorted(cluster.peers) == [1, 2, 3]
+    assert cluster.secret == CLUSTER_SECRET.encode()  # The file's trailing newline is not in it.
+    assert CLUSTER_SECRET not in repr(cluster)
+    assert serve.load_config(serve_arguments(), {}).cluster is None
+
+
 def test_without_tokens_a_public_host_is_replaced_by_loopback() -> None:
     loaded = serve.load_config(serve_arguments("--host", "0.0.0.0"), {})
     assert (loaded.host, loaded.host_refused) == ("127.0.0.1", "0.0.0.0")
@@ -328,6 +348,20 @@ def test_without_tokens_a_public_host_is_replaced_by_loopback() -> None:
         ("", {"MEMORA_TOKENS": f"a:read:*:{TOKEN}", "MEMORA_TOKENS_FILE": "t.toml"}, (),
          "MEMORA_TOKENS_FILE: set either MEMORA_TOKENS or it"),
         ("", {"MEMORA_TOKENS_FILE": "/no/such/tokens.toml"}, (), "MEMORA_TOKENS_FILE: cannot read"),
+        ("", {}, ("--node-id", "1"), "node_id: needs peers"),
+        ("", {}, ("--join",), "join: needs peers"),
+        ("", {SECRET: CLUSTER_SECRET}, ("--peers", PEERS), "node_id: a member of a cluster needs"),
+        ("", {SECRET: CLUSTER_SECRET}, ("--peers", PEERS, "--node-id", "4"),
+         "node_id: node 4 is not in peers"),
+        ("", {SECRET: CLUSTER_SECRET}, ("--peers", "1=127.0.0.1", "--node-id", "1"),
+         "peers: '127.0.0.1' is not host:port"),
+        ("", {}, ("--peers", PEERS, "--node-id", "1"), "MEMORA_CLUSTER_SECRET: a cluster needs"),
+        ("", {SECRET: "short"}, ("--peers", PEERS, "--node-id", "1"),
+         "MEMORA_CLUSTER_SECRET: the cluster secret must be at least 16 bytes"),
+        ("", {"MEMORA_CLUSTER_SECRET_FILE": "/no/such/secret"},
+         ("--peers", PEERS, "--node-id", "1"), "MEMORA_CLUSTER_SECRET_FILE: cannot read"),
+        ("join = 1\n", {SECRET: CLUSTER_SECRET}, ("--peers", PEERS, "--node-id", "1"),
+         "join: must be true or false"),
     ],
 )  # fmt: skip
 def test_a_bad_value_exits_2_naming_its_key(
@@ -339,7 +373,7 @@ def test_a_bad_value_exits_2_naming_its_key(
     flags: tuple[str, ...],
     message: str,
 ) -> None:
-    for variable in ("MEMORA_TOKENS", "MEMORA_TOKENS_FILE"):
+    for variable in ("MEMORA_TOKENS", "MEMORA_TOKENS_FILE", SECRET, "MEMORA_CLUSTER_SECRET_FILE"):
         monkeypatch.delenv(variable, raising=False)
     for variable, value in environment.items():
         monkeypatch.setenv(variable, value)
