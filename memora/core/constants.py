@@ -162,6 +162,8 @@ peer_cluster_id_bytes_max: Final = 128
 peer_address_bytes_max: Final = 300
 # One read from a peer's socket takes at most this many bytes.
 peer_receive_bytes_max: Final = 256 * 1024
+# Inbound connections still in their handshake (unauthenticated), at most; more are closed at once.
+peer_handshakes_pending_max: Final = 64
 
 assert peer_protocol_version >= 1
 assert 16 <= peer_secret_bytes_min <= peer_secret_bytes_max
@@ -172,3 +174,4 @@ assert peer_cluster_id_bytes_max + peer_address_bytes_max + 3 * peer_nonce_bytes
 )
 assert frame_body_bytes_max + peer_mac_bytes < 2**32
 assert peer_receive_bytes_max > 0
+assert peer_handshakes_pending_max > 0

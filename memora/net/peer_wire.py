@@ -185,21 +185,29 @@ def parse_address(text: object, field: str = "address") -> tuple[str, int]:
 
 
 class _Mac:
-    """HMAC-SHA256 of (sequence, body) under one key, truncated to `peer_mac_bytes`."""
+    """HMAC-SHA256 of (sequence, body) under one key, truncated to `peer_mac_bytes`.
 
-    __slots__ = ("_base",)
+    This is RFC 2104 written out over hashlib, with the inner and outer hashes keyed once per
+    connection and copied for each frame: per frame that is a third cheaper than copying an
+    `hmac.HMAC`, whose Python wrapper costs more than hashing a small body. A test checks it
+    against `hmac.digest`."""
+
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
         assert len(key) == hashlib.sha256().digest_size, len(key)
-        # Copying a keyed HMAC is about twice as fast as keying a new one for every frame.
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        padded = key.ljust(hashlib.sha256().block_size, b"\x00")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
 
     def tag(self, sequence: int, body: bytes | memoryview) -> bytes:
         assert 0 <= sequence <= _SEQUENCE_MAX, sequence
-        mac = self._base.copy()
-        mac.update(_SEQUENCE.pack(sequence))
-        mac.update(body)
-        return mac.digest()[: constants.peer_mac_bytes]
+        inner = self._inner.copy()
+        inner.update(_SEQUENCE.pack(sequence))
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[: constants.peer_mac_bytes]
 
 
 def handshake_frame(payload: bytes) -> bytes:

@@ -4,6 +4,7 @@ sides of the handshake joined directly, message by message (h11's ConnectionPair
 from __future__ import annotations
 
 import contextlib
+import hmac
 import itertools
 import struct
 import zlib
@@ -225,6 +226,17 @@ def test_a_flipped_bit_never_yields_a_changed_body(bodies: list[bytes], flip: in
         return
     # Only a length field that grew can leave the decoder waiting for more bytes instead.
     assert decoded == bodies[: len(decoded)] and len(decoded) < len(bodies)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    key=st.binary(min_size=32, max_size=32), sequence=st.integers(0, 2**64 - 1), body=st.binary()
+)
+def test_the_mac_is_truncated_hmac_sha256_of_the_sequence_and_the_body(
+    key: bytes, sequence: int, body: bytes
+) -> None:
+    expected = hmac.digest(key, struct.pack(">Q", sequence) + body, "sha256")
+    assert peer_wire._Mac(key).tag(sequence, body) == expected[: constants.peer_mac_bytes]
 
 
 # -- Handshake ------------------------------------------------------------------------------------
