@@ -120,7 +120,6 @@ class Call(Generic[T]):
         now: float,
     ) -> None:
         self._exchange = exchange
-        self._request: Request = next(exchange)  # Builds the request: bad arguments raise here.
         self._client = client
         self._deadline = now + client.policy.deadline_s
         self._sequence: int | None = None  # A write's, given at its first attempt.
@@ -131,6 +130,9 @@ class Call(Generic[T]):
         self._retry_after_s = 0.0
         self._sleep_s = 0.0
         self._last_cause = ""
+        self._query: tuple[tuple[str, str], ...] = ()
+        self._content: bytes | None = None
+        self._begin(next(exchange))  # Builds the request: bad arguments raise here.
 
     @property
     def writes(self) -> bool:
@@ -153,8 +155,8 @@ class Call(Generic[T]):
         """The answer to the attempt in flight; raises the typed error of a refusal."""
         if status in RETRY_STATUSES:
             cause = error_from_answer(status, content)
-            self._attempt_failed(f"{self._url()} answered {status}: {cause.message}", now)
             self._retry_after_s = max(self._retry_after_s, _retry_after_s(retry_after))
+            self._attempt_failed(f"{self._url()} answered {status}: {cause.message}", now)
             return
         self._client.router.succeeded(self._url_index)
         if 200 <= status < 300:
@@ -193,24 +195,28 @@ class Call(Generic[T]):
         if self._request.write:
             self._client.session.saw_commit(answer.get("commit_index"))
         try:
-            self._request = self._exchange.send(answer)
+            request = self._exchange.send(answer)
         except StopIteration as stop:
             self._done = Done(stop.value)
             return
-        assert not self._request.write, "an exchange makes one write, as its only request"
-        self._restart_attempts()
+        assert not request.write, "an exchange makes one write, as its only request"
+        self._begin(request)
 
     def _advance_with_error(self, error: Exception) -> None:
         """Throw a refusal into the exchange: it may answer with a value (None for a record
         that does not exist); otherwise the error propagates to the caller."""
         try:
-            self._request = self._exchange.throw(error)
+            request = self._exchange.throw(error)
         except StopIteration as stop:
             self._done = Done(stop.value)
             return
-        self._restart_attempts()
+        self._begin(request)
 
-    def _restart_attempts(self) -> None:
+    def _begin(self, request: Request) -> None:
+        """Make `request` the one to send, with a fresh round of attempts. Its query and body
+        are rendered once, here: a body that is not JSON raises before any attempt."""
+        self._request = request
+        self._query, self._content = self._render(request)
         self._failed_in_round = self._rounds = 0
         self._last_cause = ""
 
@@ -219,8 +225,8 @@ class Call(Generic[T]):
         message = f"no URL served the request within {timeout} s"
         return UnavailableError(message, self._last_cause or "no attempt was made")
 
-    def _send(self, timeout_s: float) -> Send:
-        request = self._request
+    def _render(self, request: Request) -> tuple[tuple[tuple[str, str], ...], bytes | None]:
+        """The query string and body of `request`: with the namespace and read options."""
         query = request.query
         namespace = request.namespace or self._client.namespace
         if request.namespaced and namespace is not None:  # None: the server's default.
@@ -232,16 +238,18 @@ class Call(Generic[T]):
                 body = {**(body or {}), **dict(options)}
             else:
                 query = (*query, *((name, str(value)) for name, value in options))
-        content = None if body is None else _json_bytes(body)  # May refuse: before a sequence.
-        if request.write and self._sequence is None:
+        return query, None if body is None else _json_bytes(body)
+
+    def _send(self, timeout_s: float) -> Send:
+        if self._request.write and self._sequence is None:
             self._sequence = self._client.session.next_sequence()
         return Send(
-            method=request.method,
-            url=self._url() + request.path,
+            method=self._request.method,
+            url=self._url() + self._request.path,
             url_index=self._url_index,
-            query=query,
-            headers=self._headers(content is not None),
-            content=content,
+            query=self._query,
+            headers=self._headers(self._content is not None),
+            content=self._content,
             timeout_s=timeout_s,
         )
 
