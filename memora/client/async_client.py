@@ -143,7 +143,7 @@ class AsyncClient:
             return value
         async with self._write_turn:
             if self._state.router.probe_due:
-                await self._drive(LeaderProbe(self._state))
+                await self._drive(LeaderProbe(self._state, anyio.current_time()))
             value = await self._drive(call)
             return value
 

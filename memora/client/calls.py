@@ -97,13 +97,12 @@ class Router:
         self.current = index
 
     def failed(self, index: int) -> None:
-        """Move on from a URL that failed; the next attempt takes the following one."""
+        """Move on from a URL that failed: the next attempt takes the one after it."""
         if self.leader == index:
             self.leader = self.leader_id = None
         if self.leader is None:
             self.probe_due = True
-        if self.current == index:
-            self.current = (index + 1) % len(self.urls)
+        self.current = (index + 1) % len(self.urls)
 
     def found_leader(self, index: int, leader_id: Any) -> None:
         self.leader = self.current = index
@@ -293,22 +292,23 @@ class ClientState:
 
 class LeaderProbe:
     """Looks for the leader: asks each URL's health once, starting at the current one, and
-    stops at the first that says role=leader. Finding none is no error: any node serves writes.
-    Drivers run it like a `Call` (`next_action`, `answered`, `failed`)."""
+    stops at the first that says role=leader, or when `policy.probe_timeout_s` has passed.
+    Finding none is no error: any node serves writes. Drivers run it like a `Call`."""
 
-    def __init__(self, client: ClientState) -> None:
+    def __init__(self, client: ClientState, now: float) -> None:
         self._client = client
+        self._deadline = now + client.policy.probe_timeout_s
         router = client.router
         count = len(router.urls)
         self._order = [(router.current + step) % count for step in range(count)]
         router.probe_due = False
 
     def next_action(self, now: float) -> Action:
-        if not self._order:
+        if not self._order or now >= self._deadline:
             return Done(None)
         index = self._order[0]
         url = self._client.router.urls[index] + "/api/v1/health"
-        timeout = self._client.policy.probe_timeout_s
+        timeout = self._deadline - now
         return Send("GET", url, index, (), self._client.headers, None, timeout)
 
     def answered(self, status: int, retry_after: str | None, content: bytes, now: float) -> None:

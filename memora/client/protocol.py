@@ -98,7 +98,8 @@ class RetryPolicy:
     swallows requests costs one attempt, not the whole call. After every URL failed once in a
     row, the call sleeps `backoff_initial_s`, doubling each round up to `backoff_max_s`, with
     jitter; a Retry-After answer stretches that sleep to its seconds (capped at
-    `retry_after_max_s`)."""
+    `retry_after_max_s`). Looking for the leader before a write takes at most
+    `probe_timeout_s`, counted in the write's deadline."""
 
     deadline_s: float = 10.0
     attempt_timeout_s: float = 5.0
@@ -106,7 +107,7 @@ class RetryPolicy:
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 1.0
     retry_after_max_s: float = 2.0
-    probe_timeout_s: float = 1.0  # Of one health request when looking for the leader.
+    probe_timeout_s: float = 1.0  # Of the whole search for the leader, before a write.
 
     def __attrs_post_init__(self) -> None:
         assert 0 < self.connect_timeout_s <= self.attempt_timeout_s, self

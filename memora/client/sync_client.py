@@ -155,7 +155,7 @@ class Client:
             return value
         with self._write_turn:
             if self._state.router.probe_due:
-                self._drive(LeaderProbe(self._state))
+                self._drive(LeaderProbe(self._state, time.monotonic()))
             value = self._drive(call)
             return value
 

@@ -47,9 +47,10 @@ from memora.client import (
     UnavailableError,
     UnprocessableError,
 )
-from memora.client.calls import Call, ClientState, Router, Session
+from memora.client.calls import Call, ClientState, LeaderProbe, Router, Session
 from memora.client.protocol import Done, Send, Sleep
 from memora.client.reads import get_node
+from memora.client.writes import insert_node
 from memora.core import constants
 from memora.core.types import CreateNamespace, SimpleCommand, vector_to_bytes
 from memora.service.embedded import Memora
@@ -651,3 +652,32 @@ def test_a_call_turns_a_missing_record_into_none() -> None:
     body = b'{"error": {"code": "not_found", "message": "no node 5", "field": "node_id"}}'
     call.answered(404, None, body, 0.0)
     assert call.next_action(0.0) == Done(None)
+
+
+def test_the_leader_probe_points_writes_at_the_leader() -> None:
+    state = call_state(("http://a", "http://b", "http://c"), RetryPolicy())
+    probe = LeaderProbe(state, now=0.0)
+    assert isinstance(probe.next_action(0.0), Send)
+    probe.failed("refused", 0.0)
+    asked = probe.next_action(0.0)
+    assert isinstance(asked, Send) and asked.url == "http://b/api/v1/health"
+    probe.answered(200, None, b'{"role": "leader", "node_id": 2}', 0.0)
+    assert probe.next_action(0.0) == Done(None) and state.router.leader_id == 2
+    write = Call(insert_node("Person"), state, now=0.0)
+    sent = write.next_action(0.0)
+    assert isinstance(sent, Send) and sent.url == "http://b/api/v1/nodes"
+    assert dict(sent.headers)["X-Memora-Sequence"] == "1"
+    write.answered(503, "1", b"not json", 0.1)  # The leader is gone: forget it, try c.
+    assert state.router.leader is None and state.router.probe_due
+    retried = write.next_action(0.1)
+    assert isinstance(retried, Send) and retried.url == "http://c/api/v1/nodes"
+    assert dict(retried.headers)["X-Memora-Sequence"] == "1"
+
+
+def test_the_leader_probe_stops_at_its_time_budget() -> None:
+    state = call_state(("http://a", "http://b"), RetryPolicy(probe_timeout_s=1.0))
+    probe = LeaderProbe(state, now=0.0)
+    first = probe.next_action(0.0)
+    assert isinstance(first, Send) and first.timeout_s == 1.0
+    probe.failed("timed out", 1.0)
+    assert probe.next_action(1.0) == Done(None) and state.router.leader is None
