@@ -3,17 +3,21 @@
 Subcommands:
 - `memora demo`: store a small memory graph in an embedded, durable store, query it every way
   the store knows (graph, vectors, hybrid, history), reopen it from disk and check it came back.
-- `memora serve`: run a node with the REST API on 127.0.0.1:8080 (see `memora.serve`).
+- `memora serve`: run a node with the REST API on 127.0.0.1:8080 (see `memora.serve`), alone or
+  as a member of a cluster.
+- `memora cluster status|add-node|remove-node|transfer-leader`: look at and change a running
+  cluster (see `memora.cluster_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 
-from memora import serve
+from memora import cluster_cli, serve
 from memora.service.demo import run_demo
 
 
@@ -32,9 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             description="Run one Memora node with the REST API. Flags override --config.",
         )
     )
+    cluster_cli.add_arguments(
+        commands.add_parser(
+            "cluster",
+            help="look at and change a running cluster",
+            description=cluster_cli.__doc__.splitlines()[0] if cluster_cli.__doc__ else None,
+        )
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "serve":
         return serve.main(arguments)
+    if arguments.command == "cluster":
+        return cluster_cli.main(arguments, os.environ, sys.stdout)
     if arguments.command == "demo":
         if arguments.data_dir:
             return run_demo(arguments.data_dir, sys.stdout)

@@ -474,6 +474,11 @@ COMPONENTS: Final[dict[str, Schema]] = {
             "voters": {"type": "array", "items": NODE_ID},
             "learners": {"type": "array", "items": NODE_ID},
             "peers": {"type": "array", "items": _PEER_STATUS},
+            "applied_index": INDEX,
+            "state_hash": {
+                "type": "string",
+                "description": "SHA-256 of this node's state; equal on members at one index.",
+            },
         }
     ),
     "MemberAdd": _input(

@@ -544,7 +544,7 @@ class ClusterNode:
 
     def cluster_status(self) -> dict[str, Any]:
         """See `NodeApi.cluster_status`: the health's peers, each with its address."""
-        status = cluster_status_of(self.cluster_id, self.health())
+        status = cluster_status_of(self.cluster_id, self.health(), self.replica)
         links = self._link.peer_status()
         for peer in status["peers"]:
             peer["address"] = links.get(peer["node_id"], {}).get("address")

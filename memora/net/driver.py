@@ -687,7 +687,7 @@ class NodeDriver:
 
     def cluster_status(self) -> dict[str, Any]:
         """See `NodeApi.cluster_status`: a node alone has no cluster id and no peers."""
-        return cluster_status_of(None, self.health())
+        return cluster_status_of(None, self.health(), self.replica)
 
     async def add_member(self, node_id: int, address: str | None) -> int:
         raise NotClusteredError(_ALONE, "node_id")
@@ -818,9 +818,14 @@ class NodeDriver:
             request.succeed(self._raft.log.snapshot_index)
 
 
-def cluster_status_of(cluster_id: str | None, health: dict[str, Any]) -> dict[str, Any]:
+def cluster_status_of(
+    cluster_id: str | None, health: dict[str, Any], replica: Replica
+) -> dict[str, Any]:
+    """The cluster as one node sees it, with its replica's applied index and state hash: two
+    members at the same applied index must have the same hash."""
     names = ("node_id", "leader_id", "term", "voters", "learners", "peers")
-    return {"cluster_id": cluster_id, **{name: health[name] for name in names}}
+    status = {"cluster_id": cluster_id, **{name: health[name] for name in names}}
+    return {**status, "applied_index": replica.applied_index, "state_hash": replica.state_hash()}
 
 
 def _needs_disk(ready: Ready, storage: FileStorage) -> bool:

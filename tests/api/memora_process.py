@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -30,10 +31,16 @@ _LISTENING: Final = re.compile(r"REST API on http://127\.0\.0\.1:(\d+)/api/v1")
 class MemoraProcess:
     """One `memora serve` child process; its output is collected line by line."""
 
-    def __init__(self, data_dir: Path, environment: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        environment: dict[str, str] | None = None,
+        flags: Sequence[str] = (),
+    ) -> None:
+        """`flags` are added to the command line (cluster membership, say)."""
         command = [sys.executable, "-m", "memora", "serve", "--data-dir", str(data_dir)]
         self.process = subprocess.Popen(
-            [*command, "--http-port", "0"],
+            [*command, "--http-port", "0", *flags],
             env={**os.environ, "PYTHONPATH": str(REPOSITORY), **(environment or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # One pipe, always drained by the reader thread.
