@@ -14,6 +14,7 @@ client needs only httpx, numpy and `memora.core`'s types.
 
 from memora.client.async_client import AsyncClient
 from memora.client.errors import (
+    BadAnswerError,
     ClientClosedError,
     ClientError,
     ForbiddenError,
@@ -26,6 +27,7 @@ from memora.client.sync_client import Client
 
 __all__ = [
     "AsyncClient",
+    "BadAnswerError",
     "Client",
     "ClientClosedError",
     "ClientError",

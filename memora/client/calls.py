@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from memora.client.errors import ClientError, UnavailableError, error_from_answer
+from memora.client.errors import BadAnswerError, UnavailableError, error_from_answer
 from memora.client.protocol import (
     Action,
     Done,
@@ -159,7 +159,7 @@ class Call(Generic[T]):
             return
         self._client.router.succeeded(self._url_index)
         if 200 <= status < 300:
-            self._advance(_json_answer(status, content))
+            self._advance(_json_answer(status, content), status)
         else:
             self._advance_with_error(error_from_answer(status, content))
 
@@ -190,7 +190,7 @@ class Call(Generic[T]):
         jittered: float = ceiling * (0.5 + 0.5 * self._client.jitter.random())
         return max(jittered, min(self._retry_after_s, policy.retry_after_max_s))
 
-    def _advance(self, answer: Json) -> None:
+    def _advance(self, answer: Json, status: int) -> None:
         if self._request.write:
             self._client.session.saw_commit(answer.get("commit_index"))
         try:
@@ -198,6 +198,9 @@ class Call(Generic[T]):
         except StopIteration as stop:
             self._done = Done(stop.value)
             return
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            message = f"the answer to {self._request.method} {self._request.path} is not "
+            raise BadAnswerError(f"{message}the published shape: {error!r}", status) from error
         assert not request.write, "an exchange makes one write, as its only request"
         self._begin(request)
 
@@ -338,8 +341,7 @@ def _json_answer(status: int, content: bytes) -> Json:
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        message = f"a {status} answer was not a JSON object: {content[:200]!r}"
-        raise ClientError(message, None, code="bad_answer", status=status)
+        raise BadAnswerError(f"a {status} answer is not a JSON object: {content[:200]!r}", status)
     return answer
 
 

@@ -44,6 +44,14 @@ class ClientError(MemoraError):
         return f"{type(self).__name__}({self.message!r}, field={self.field!r}, code={self.code!r})"
 
 
+class BadAnswerError(ClientError):
+    """A success answer the client cannot read: not JSON, or not the shape the API publishes.
+    A bug or a version mismatch on one side; retrying would not help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, None, code="bad_answer", status=status)
+
+
 class UnauthenticatedError(ClientError):
     """401: no bearer token was sent, or the server knows no such token."""
 

@@ -123,7 +123,7 @@ def node_history(
 def _check_cursor(before: int, after: int, field: str) -> None:
     """A cursor must move forward, or following pages would never end."""
     if not isinstance(after, int) or after <= before:
-        raise ValidationError(f"the server's {field} {after!r} does not follow {before}", field)
+        raise ValueError(f"the server's {field} {after!r} does not follow {before}")
 
 
 def edges_of(

@@ -133,7 +133,8 @@ def written_record(value: Json) -> Node | Edge | Observation:
         return node(value["node"])
     if kind == "edge":
         return edge(value["edge"])
-    assert kind == "observation", kind
+    if kind != "observation":
+        raise ValueError(f"a batch result of unknown type {kind!r}")
     return observation(value["observation"])
 
 

@@ -51,7 +51,14 @@ class Client:
 
     `Client(["http://127.0.0.1:8081", "http://127.0.0.1:8082"], token=...)`; best as a context
     manager. It has the embedded `memora.Memora`'s operations, with the same names, arguments
-    and return types (see `tests/client/test_client.py` for the few differences and why).
+    and return types, and these differences (`tests/client/test_client.py` checks them):
+    - reads also take `consistency` and `min_commit_index`; writes of text take `embed`;
+    - missing, as REST lacks them: `open`, `get_node_by_name`, `state_hash`, `content_hash`,
+      `stats`, `applied_index` (see `health()`, `get_namespace()`, `metrics()`);
+    - `query_related*` return at most `list_limit_max` nodes (REST's page), the default limit;
+    - `query_similar` by vector takes no `ef`; `batch` cannot create a namespace;
+    - REST only: `get_observation`, `query_hybrid_by_text`, `get_namespace`,
+      `list_namespaces`, `health`, `metrics`.
 
     - Failover: a call that meets a refused connection, a timeout or a 503 tries the next URL,
       sleeping between rounds (`RetryPolicy`), until `policy.deadline_s`; then it raises

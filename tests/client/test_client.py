@@ -38,6 +38,7 @@ from memora import (
 from memora.api.representation import node_json
 from memora.client import (
     AsyncClient,
+    BadAnswerError,
     Client,
     ClientClosedError,
     ClientError,
@@ -517,6 +518,15 @@ def test_a_refusal_is_not_retried() -> None:
             client.get_node(1)
         assert (too_large.value.code, too_large.value.status) == ("body_too_large", 413)
     assert len(sent) == 2
+
+
+@pytest.mark.parametrize("content", [b"<html>", b"[]", b'{"node": {"id": 1}}'])
+def test_an_answer_of_another_shape_is_a_typed_error(content: bytes) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=content))
+    client = Client("http://memora.test", transport=transport)
+    with client, pytest.raises(BadAnswerError) as error:
+        client.get_node(1)
+    assert (error.value.code, error.value.status) == ("bad_answer", 200)
 
 
 class RecordingTransport(httpx.HTTPTransport):
