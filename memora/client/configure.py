@@ -17,10 +17,10 @@ from memora.client.calls import ClientState, Router, Session
 from memora.client.protocol import (
     CONSISTENCIES,
     RetryPolicy,
-    client_id_bytes_max,
     sequence_max,
     urls_max,
 )
+from memora.core import constants
 from memora.core.errors import ValidationError
 
 USER_AGENT: Final = "memora-client/0.1"
@@ -79,8 +79,8 @@ def _client_id(given: str | int | None) -> str:
         given = str(given)
     if not isinstance(given, str) or not given or "\x00" in given:
         raise ValidationError("client_id must be a non-empty string or an integer", "client_id")
-    if len(given.encode()) > client_id_bytes_max or not given.isprintable():
-        message = f"client_id must be printable and at most {client_id_bytes_max} bytes"
+    if len(given.encode()) > constants.client_id_bytes_max or not given.isprintable():
+        message = f"client_id must be printable and at most {constants.client_id_bytes_max} bytes"
         raise ValidationError(message, "client_id")
     return given
 

@@ -23,8 +23,7 @@ T = TypeVar("T")
 
 CONSISTENCIES: Final = ("linearizable", "lease", "follower")
 urls_max: Final = 64
-client_id_bytes_max: Final = 256  # As the server's `constants.client_id_bytes_max`.
-sequence_max: Final = 2**63 - 1  # As the server's X-Memora-Sequence maximum.
+sequence_max: Final = 2**63 - 1  # The server's X-Memora-Sequence maximum (memora.api.routing).
 
 
 @attrs.frozen
