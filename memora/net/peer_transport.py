@@ -95,6 +95,9 @@ COUNTERS: Final = (
 )
 # Hosts a node may listen on that are not addresses another node can dial.
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
+# A DNS name is at most 253 bytes; with a port it fits `peer_address_bytes_max`.
+_HOST_BYTES_MAX: Final = 253
+assert _HOST_BYTES_MAX + len("[]:65535") <= constants.peer_address_bytes_max
 # Errors a socket (or the clock) gives a connection, besides typed protocol errors.
 _SOCKET_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.TooSlowError)
 
@@ -189,6 +192,7 @@ def _check_address(address: object, *, listen: bool = False) -> PeerAddress:
         or type(address[1]) is not int
         or not port_min <= address[1] <= 65535
         or (not listen and not address[0])
+        or len(address[0].encode()) > _HOST_BYTES_MAX
     ):
         raise ValidationError(f"{address!r} is not a (host, port) pair", "address")
     return address[0], address[1]
@@ -272,8 +276,9 @@ class PeerTransport:
 
     @property
     def advertised_address(self) -> str:
-        """Where peers can dial this node, as it tells them in its Hello."""
-        return peer_wire.format_address(self._listen[0], self.listen_port)
+        """Where peers can dial this node, as it tells them in its Hello. A node listening on
+        every interface says "0.0.0.0": its acceptors use the address it dials from instead."""
+        return peer_wire.format_address(self._listen[0] or "0.0.0.0", self.listen_port)
 
     # -- The address book -------------------------------------------------------------------------
 

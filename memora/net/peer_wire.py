@@ -247,11 +247,18 @@ class FrameDecoder:
     that is current when they are reached, so a dialer may send frames right after its proof.
 
     `feed` buffers the bytes and returns an iterator over the complete frames; iteration raises a
-    PeerWireError at the first bad frame. After an error the decoder must be dropped."""
+    PeerWireError at the first bad frame. After an error the decoder must be dropped.
+
+    The bytes are kept as one immutable buffer plus the chunks fed since it was last joined. The
+    chunks are joined only when the next header or frame is complete, so a 64 MiB frame that
+    arrives in small reads is copied once, not once per read; and each body is one slice of the
+    buffer, the only copy a frame costs."""
 
     def __init__(self, receive_key: bytes | None = None) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
         self._start = 0  # Where the next frame begins in `_buffer`.
+        self._chunks: list[bytes] = []  # Fed after `_buffer`, not joined yet.
+        self._chunks_bytes = 0
         self._mac: _Mac | None = None
         self._payload_bytes_max = constants.peer_handshake_body_bytes_max
         self._failed = False
@@ -265,7 +272,7 @@ class FrameDecoder:
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer) - self._start
+        return len(self._buffer) - self._start + self._chunks_bytes
 
     def start_session(self, receive_key: bytes) -> None:
         assert self._mac is None, "the session of a connection starts once"
@@ -274,10 +281,9 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         assert not self._failed, "a decoder that raised must be dropped"
-        if self._start:
-            del self._buffer[: self._start]
-            self._start = 0
-        self._buffer += data
+        if data:
+            self._chunks.append(bytes(data))
+            self._chunks_bytes += len(data)
         return self.frames()
 
     def frames(self) -> Iterator[bytes]:
@@ -294,37 +300,46 @@ class FrameDecoder:
             self._failed = True
             raise
 
+    def _has(self, size: int) -> bool:
+        """Whether `size` bytes from `_start` are buffered, joining the chunks if that helps."""
+        if len(self._buffer) - self._start >= size:
+            return True
+        if len(self._buffer) - self._start + self._chunks_bytes < size:
+            return False
+        self._buffer = b"".join([self._buffer[self._start :], *self._chunks])
+        self._start = 0
+        self._chunks.clear()
+        self._chunks_bytes = 0
+        return True
+
     def _next_frame(self) -> bytes | None:
-        if len(self._buffer) - self._start < HEADER_BYTES:
+        if not self._has(HEADER_BYTES):
             return None
         length, checksum = _HEADER.unpack_from(self._buffer, self._start)
         if length > self._payload_bytes_max:
             maximum = self._payload_bytes_max
             raise FrameTooLargeError(f"a frame of {length} bytes (at most {maximum})")
+        if not self._has(HEADER_BYTES + length):
+            return None
         payload_start = self._start + HEADER_BYTES
         end = payload_start + length
-        if len(self._buffer) < end:
-            return None
-        # The views are released before the buffer is resized again (a bytearray with a live
-        # view refuses to resize).
-        with memoryview(self._buffer) as view, view[payload_start:end] as payload:
-            if zlib.crc32(payload) != checksum:
-                raise BadCrcError(f"frame {self.sequence}: the payload does not match its CRC")
-            body = self._authenticated_body(payload)
+        body = self._authenticated_body(payload_start, end, checksum)
         self._start = end
-        if self._start == len(self._buffer):
-            self._buffer.clear()
-            self._start = 0
+        if self._start == len(self._buffer):  # Let go of a large frame's buffer at once.
+            self._buffer, self._start = b"", 0
         return body
 
-    def _authenticated_body(self, payload: memoryview) -> bytes:
-        if self._mac is None:
-            return bytes(payload)
-        if len(payload) < constants.peer_mac_bytes:
+    def _authenticated_body(self, start: int, end: int, checksum: int) -> bytes:
+        """The body of the payload at [start, end), checked against its CRC and its MAC."""
+        split = end if self._mac is None else end - constants.peer_mac_bytes
+        if split < start:
             raise BadMacError(f"frame {self.sequence} is too short to carry a MAC")
-        split = len(payload) - constants.peer_mac_bytes
-        body = bytes(payload[:split])
-        if not hmac.compare_digest(self._mac.tag(self.sequence, body), payload[split:]):
+        body, tag = self._buffer[start:split], self._buffer[split:end]
+        if zlib.crc32(tag, zlib.crc32(body)) != checksum:
+            raise BadCrcError(f"frame {self.sequence}: the payload does not match its CRC")
+        if self._mac is None:
+            return body
+        if not hmac.compare_digest(self._mac.tag(self.sequence, body), tag):
             raise BadMacError(f"frame {self.sequence}: the MAC does not verify")
         self.sequence += 1
         return body

@@ -92,7 +92,7 @@ def connect_all(*nodes: PeerTransport) -> None:
 
 
 async def raw_session(
-    node: PeerTransport, node_id: int = RAW_NODE_ID
+    node: PeerTransport, node_id: int = RAW_NODE_ID, advertised: str = f"{LOOPBACK}:1"
 ) -> tuple[trio.SocketStream, FrameEncoder]:
     """A genuine handshake with `node`, made by hand with peer_wire, as peer `node_id`."""
     stream = await trio.open_tcp_stream(LOOPBACK, node.listen_port)
@@ -101,7 +101,7 @@ async def raw_session(
         cluster_id=SETTINGS.cluster_id,
         node_id=node_id,
         peer_id=node._node_id,
-        address=f"{LOOPBACK}:1",  # Nothing listens there: the node's dials back fail.
+        address=advertised,  # By default nothing listens there: the node's dials back fail.
         nonce=os.urandom(constants.peer_nonce_bytes),
     )
     await stream.send_all(handshake.hello_frame())
@@ -421,6 +421,15 @@ async def test_a_joining_peer_is_learned_from_its_handshake_and_becomes_reachabl
             assert founder.metrics()["addresses_learned_total"] == 1
             assert founder.send(5, b"welcome")
             await eventually(lambda: joiner_inbox.received == [(1, b"welcome")])
+
+
+@pytest.mark.trio
+async def test_a_wildcard_host_is_learned_as_the_address_the_peer_dialed_from() -> None:
+    node = transport(1, Inbox())
+    async with running(node):
+        await raw_session(node, advertised="0.0.0.0:4567")
+        await eventually(lambda: RAW_NODE_ID in node.peers())
+        assert node.peers()[RAW_NODE_ID] == (LOOPBACK, 4567)
 
 
 @pytest.mark.trio
