@@ -244,7 +244,9 @@ class PeerTransport:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, dial every known peer, accept peers, until cancelled; then close every socket.
 
-        Reports started once listening (`listen_port` is then known)."""
+        Reports started once listening (`listen_port` is then known). An address that cannot be
+        bound (in use, not local) raises OSError before that: a configuration error. With port 0
+        and a host that resolves to several addresses, `listen_port` is the first listener's."""
         assert self._nursery is None, "run() a PeerTransport once at a time"
         host, port = self._listen
         listeners = await trio.open_tcp_listeners(port, host=host or None)
