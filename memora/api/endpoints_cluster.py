@@ -75,8 +75,8 @@ _CHANGES: Final = (
 
 ENDPOINTS: Final = (
     Endpoint("GET", "/api/v1/cluster", "clusterStatus",
-             "The cluster id, leader, voters, learners, each peer's address, link and lag, and this "
-             "node's applied index and state hash",
+             "The cluster id, leader, voters, learners, each peer's address, link and lag, and "
+             "this node's applied index and state hash",
              Role.READ, cluster_status, "ClusterStatus", tenancy=Tenancy.NODE),
     Endpoint("POST", "/api/v1/cluster/members", "addMember",
              "Add a node: as a learner until it caught up, then as a voter (admin)", Role.ADMIN,

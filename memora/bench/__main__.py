@@ -1,4 +1,4 @@
-"""`python -m memora.bench {core,raft,http} [flags]`: run a benchmark, print its table and JSON.
+"""`python -m memora.bench {core,raft,http,cluster} [flags]`: run a benchmark, print its table.
 
 `--quick` shrinks every size for a run of about a minute; explicit flags still override it.
 """
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from memora.bench import http, raft
+from memora.bench import cluster, http, raft
 from memora.bench.core import Config, run
 
 QUICK: dict[str, Any] = {
@@ -71,7 +71,42 @@ def parser() -> argparse.ArgumentParser:
     raft_parser.add_argument("--quick", action="store_true", help="1 s per phase")
     raft_parser.add_argument("--json-out", help="also write the result JSON to this path")
     add_http_arguments(commands.add_parser("http", help="memora serve over loopback HTTP"))
+    add_cluster_arguments(
+        commands.add_parser("cluster", help="3-process Memora cluster vs PySyncObj")
+    )
     return top
+
+
+def add_cluster_arguments(cluster_parser: argparse.ArgumentParser) -> None:
+    defaults = cluster.Config()
+    cluster_parser.add_argument(
+        "--seconds", type=float, help=f"seconds per phase (default {defaults.seconds:g})"
+    )
+    cluster_parser.add_argument(
+        "--payload-bytes", type=int, help=f"bytes per write (default {defaults.payload_bytes})"
+    )
+    cluster_parser.add_argument(
+        "--inflight", type=int, nargs="+", help=f"writer levels (default {defaults.inflight})"
+    )
+    cluster_parser.add_argument(
+        "--http-requests",
+        type=int,
+        help=f"sequential REST inserts (default {defaults.http_requests})",
+    )
+    cluster_parser.add_argument("--no-peer", action="store_true", help="skip PySyncObj")
+    cluster_parser.add_argument("--quick", action="store_true", help="1 s per phase")
+    cluster_parser.add_argument("--json-out", help="also write the result JSON to this path")
+
+
+def cluster_config_from(arguments: argparse.Namespace) -> cluster.Config:
+    values: dict[str, Any] = {"seconds": 1.0, "http_requests": 200} if arguments.quick else {}
+    for name in ("seconds", "payload_bytes", "http_requests"):
+        if getattr(arguments, name) is not None:
+            values[name] = getattr(arguments, name)
+    if arguments.inflight is not None:
+        values["inflight"] = tuple(arguments.inflight)
+    values["peer"] = not arguments.no_peer
+    return cluster.Config(**values)
 
 
 def add_http_arguments(http_parser: argparse.ArgumentParser) -> None:
@@ -135,11 +170,13 @@ def config_from(arguments: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
-    config: Config | raft.Config | http.Config
+    config: Config | raft.Config | http.Config | cluster.Config
     if arguments.bench == "core":
         config = config_from(arguments)
     elif arguments.bench == "raft":
         config = raft_config_from(arguments)
+    elif arguments.bench == "cluster":
+        config = cluster_config_from(arguments)
     else:
         assert arguments.bench == "http", arguments.bench
         config = http_config_from(arguments)
@@ -152,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = raft.run(config, sys.stdout, sys.stderr)
     elif isinstance(config, http.Config):
         result = http.run(config, sys.stdout, sys.stderr)
+    elif isinstance(config, cluster.Config):
+        result = cluster.run(config, sys.stdout, sys.stderr)
     else:
         result = run(config, sys.stdout, sys.stderr)
     if arguments.json_out:

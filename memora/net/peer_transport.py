@@ -22,8 +22,9 @@ delivered with the id its sender proved in the handshake, in the order sent.
   `backoff_max_s`, and starts over after each successful handshake. While an outbound connection
   is idle, the writer watches it for the peer's close, so a restarted peer is redialed at once.
 - A peer that dials in and completes the handshake is recorded in the address book at the address
-  it advertised, if that differs from the book or the peer is not in it (`set_peer_address`):
-  this is how a node that joins a cluster becomes reachable by nodes that never heard of it. A
+  it advertised if the peer is not in it (`set_peer_address`): this is how a node that joins a
+  cluster becomes reachable by nodes that never heard of it. A known peer keeps the address the
+  book gives, whatever it advertises (a proxy or a NAT may stand between the two). A
   wildcard host ("0.0.0.0", "::") is replaced by the address the connection came from. A removed
   peer that dials in again is learned again the same way; the book is a cache of where peers
   are, not the membership (which is Raft's).
@@ -570,7 +571,10 @@ class PeerTransport:
         if host in _WILDCARD_HOSTS:
             host = stream.socket.getpeername()[0]
         peer = self._peers.get(session.peer_id)
-        if peer is None or peer.address != (host, port):
+        # Only a peer the book does not know is learned: a configured address wins over the one
+        # a peer advertises, so a peer reached through a proxy or a NAT stays reached that way.
+        # A member that really moved is given its new address (`memora cluster add-node`).
+        if peer is None:
             self._counters["addresses_learned_total"] += 1
             logger.info("peer %d is at %s", session.peer_id, peer_wire.format_address(host, port))
             self.set_peer_address(session.peer_id, (host, port))

@@ -433,6 +433,17 @@ async def test_a_wildcard_host_is_learned_as_the_address_the_peer_dialed_from() 
 
 
 @pytest.mark.trio
+async def test_a_known_peer_keeps_its_configured_address_whatever_it_advertises() -> None:
+    configured = (LOOPBACK, 4568)  # A proxy in front of the peer, say.
+    node = transport(1, Inbox(), peers={RAW_NODE_ID: configured})
+    async with running(node):
+        await raw_session(node, advertised=f"{LOOPBACK}:4569")
+        await eventually(lambda: node.peer_status()[RAW_NODE_ID]["inbound_connected"])
+        assert node.peers()[RAW_NODE_ID] == configured
+        assert node.metrics()["addresses_learned_total"] == 0
+
+
+@pytest.mark.trio
 async def test_a_moved_peer_is_redialed_with_its_queue() -> None:
     inbox = Inbox()
     receiver = transport(2, inbox)
