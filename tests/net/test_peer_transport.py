@@ -437,8 +437,9 @@ async def test_a_known_peer_keeps_its_configured_address_whatever_it_advertises(
     configured = (LOOPBACK, 4568)  # A proxy in front of the peer, say.
     node = transport(1, Inbox(), peers={RAW_NODE_ID: configured})
     async with running(node):
-        await raw_session(node, advertised=f"{LOOPBACK}:4569")
+        stream, _ = await raw_session(node, advertised=f"{LOOPBACK}:4569")
         await eventually(lambda: node.peer_status()[RAW_NODE_ID]["inbound_connected"])
+        await stream.aclose()
         assert node.peers()[RAW_NODE_ID] == configured
         assert node.metrics()["addresses_learned_total"] == 0
 
