@@ -231,7 +231,12 @@ async def test_a_refused_handshake_is_counted_and_delivers_nothing(
         intruder = transport(2, Inbox(), peers={target_id: address(node)}, settings=settings)
         async with running(intruder):
             assert intruder.send(target_id, b"let me in")
-            await eventually(lambda: node.metrics()["handshakes_rejected_total"] >= 2)
+            await eventually(
+                lambda: (
+                    node.metrics()["handshakes_rejected_total"] >= 2
+                    and intruder.metrics()["dials_failed_total"] >= 2
+                )
+            )
             status = intruder.peer_status()[target_id]
             assert not status["outbound_connected"] and status["queued_frames"] == 1
             assert status["last_error"] is not None and status["connects_total"] == 0
