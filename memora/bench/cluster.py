@@ -21,6 +21,7 @@ go to stdout.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -147,14 +148,16 @@ async def write_phase(member: ClusterNode, inflight: int, seconds: float, payloa
     end = measure_from + seconds
     samples: list[int] = []
     counts = {"committed": 0, "errors": 0}
+    error_codes: collections.Counter[str] = collections.Counter()
     fsyncs_before = member.driver.metrics()["log_fsyncs_total"]
 
     async def writer() -> None:
         while (before := time.perf_counter()) < end:
             try:
                 await member.write(insert(payload))
-            except MemoraError:
+            except MemoraError as error:
                 counts["errors"] += 1
+                error_codes[f"{error.code}: {error.message}"] += 1
                 continue
             after = time.perf_counter()
             if measure_from <= after <= end:
@@ -173,6 +176,7 @@ async def write_phase(member: ClusterNode, inflight: int, seconds: float, payloa
         "entries_per_s": counts["committed"] / seconds,
         **raft.latency_summary(samples),
         "errors": counts["errors"],
+        "error_kinds": dict(error_codes.most_common(3)),
         "leader_fsyncs_per_entry": fsyncs / counts["committed"] if counts["committed"] else None,
     }
 
@@ -231,14 +235,14 @@ async def _measure(
         progress(f"memora: inflight {inflight} for {config.seconds:g} s")
         phase = await write_phase(member, inflight, config.seconds, payload)
         progress(
-            f"  {phase['entries_per_s']:,.0f} writes/s, p50 {phase['p50_ms']:.2f} ms, "
-            f"p99 {phase['p99_ms']:.2f} ms, {phase['errors']} errors"
+            f"  {phase['entries_per_s']:,.0f} writes/s, p50 {raft.ms(phase['p50_ms'])}, "
+            f"p99 {raft.ms(phase['p99_ms'])}, {phase['errors']} errors {phase['error_kinds']}"
         )
         phases[str(inflight)] = phase
     await member.transfer_leadership(2)
     progress(f"memora: node 2 leads; {config.http_requests} sequential REST inserts to it")
     rest = await trio.to_thread.run_sync(http_phase, http_port, config.http_requests, payload)
-    progress(f"  REST insert p50 {rest['p50_ms']:.2f} ms, p99 {rest['p99_ms']:.2f} ms")
+    progress(f"  REST insert p50 {raft.ms(rest['p50_ms'])}, p99 {raft.ms(rest['p99_ms'])}")
     return {
         "mode": "3 members on 127.0.0.1 (2 `memora serve` processes and this one), fsync on, "
         "peer transport over TCP; writes through ClusterNode.write on the leader (no HTTP)",
@@ -265,17 +269,13 @@ def table_rows(metrics: dict[str, Any], config: Config) -> Iterator[tuple[str, .
         yield (
             str(inflight),
             f"{m['entries_per_s']:,.0f}/s",
-            f"{_ms(m['p50_ms'])} / {_ms(m['p99_ms'])}",
+            f"{raft.ms(m['p50_ms'])} / {raft.ms(m['p99_ms'])}",
             f"{p['entries_per_s']:,.0f}/s" if p else "skipped",
-            f"{_ms(p['p50_ms'])} / {_ms(p['p99_ms'])}" if p else "",
+            f"{raft.ms(p['p50_ms'])} / {raft.ms(p['p99_ms'])}" if p else "",
             ratio,
         )
     rest = metrics["memora"]["rest_sequential"]
-    yield ("1 (REST)", "", f"{_ms(rest['p50_ms'])} / {_ms(rest['p99_ms'])}", "", "", "")
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f} ms"
+    yield ("1 (REST)", "", f"{raft.ms(rest['p50_ms'])} / {raft.ms(rest['p99_ms'])}", "", "", "")
 
 
 def write_table(metrics: dict[str, Any], config: Config, out: TextIO) -> None:

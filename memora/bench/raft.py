@@ -387,8 +387,8 @@ def peer_metrics(config: Config, root: str, progress: Progress) -> dict[str, Any
             else:
                 phase = peer_callback_phase(counter, inflight, config.seconds, payload)
             progress(
-                f"  {phase['entries_per_s']:,.0f} writes/s, p50 {phase['p50_ms']:.2f} ms, "
-                f"p99 {phase['p99_ms']:.2f} ms, {phase['errors']} errors"
+                f"  {phase['entries_per_s']:,.0f} writes/s, p50 {ms(phase['p50_ms'])}, "
+                f"p99 {ms(phase['p99_ms'])}, {phase['errors']} errors"
             )
             phases[str(inflight)] = phase
         return {
@@ -521,19 +521,19 @@ def table(metrics: dict[str, Any], config: Config) -> list[tuple[str, ...]]:
             (
                 str(inflight),
                 f"{m['entries_per_s']:,.0f}/s",
-                _ms(m["p50_ms"]),
-                _ms(m["p99_ms"]),
+                ms(m["p50_ms"]),
+                ms(m["p99_ms"]),
                 f"{m['fsyncs_per_entry']:.3f}" if m["fsyncs_per_entry"] is not None else "n/a",
                 f"{p['entries_per_s']:,.0f}/s" if p else "skipped",
-                _ms(p["p50_ms"]) if p else "",
-                _ms(p["p99_ms"]) if p else "",
+                ms(p["p50_ms"]) if p else "",
+                ms(p["p99_ms"]) if p else "",
                 ratio,
             )
         )
     return rows
 
 
-def _ms(value: float | None) -> str:
+def ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
 
 
