@@ -4,51 +4,14 @@ is removed, leadership moves on request, and a process without the secret is kep
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import pytest
-from memora_process import REPOSITORY, MemoraProcess
-
-SECRET: Final = "cluster-members-test-secret"
-wait_s_max: Final = 30.0
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for each in sockets:
-        each.bind(("127.0.0.1", 0))
-    ports = [each.getsockname()[1] for each in sockets]
-    for each in sockets:
-        each.close()
-    return ports
-
-
-def call(url: str, method: str = "GET", body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"} if data else {}
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    with urllib.request.urlopen(request, timeout=wait_s_max) as answer:
-        return json.loads(answer.read())
-
-
-def memora_cluster(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "memora", "cluster", *arguments],
-        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
-        capture_output=True,
-        text=True,
-        timeout=wait_s_max,
-        check=False,
-    )
+from cluster_processes import SECRET, call, free_ports, memora_cluster, wait_s_max
+from memora_process import MemoraProcess
 
 
 class Members:
