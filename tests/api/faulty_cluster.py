@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,7 +45,8 @@ class FaultyCluster:
         self.proxies: dict[tuple[int, int], LinkProxy] = {}
         self.processes: dict[int, MemoraProcess] = {}
         self.paused: set[int] = set()
-        self.retired: list[MemoraProcess] = []  # Killed incarnations, kept for their output.
+        # Stopped incarnations by node id, kept for their output.
+        self.retired: list[tuple[int, MemoraProcess]] = []
         self._flags: dict[int, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         for node_id in self.members:
@@ -120,7 +123,7 @@ class FaultyCluster:
             process = self.processes.pop(node_id)
         self.paused.discard(node_id)
         process.kill()
-        self.retired.append(process)
+        self.retired.append((node_id, process))
 
     def restart(self, node_id: int) -> None:
         """Start the member again on its data directory, with the flags it had."""
@@ -147,6 +150,41 @@ class FaultyCluster:
         self.set_links(self.proxies, LinkMode.PASS)
         for node_id in list(self.paused):
             self.resume(node_id)
+
+    def stop_all(self) -> None:
+        """SIGTERM to every member at once: each must drain and exit 0 in time."""
+        with self._lock:
+            stopping, self.processes = self.processes, {}
+        errors: list[str] = []
+
+        def stop(node_id: int, process: MemoraProcess) -> None:
+            try:
+                process.stop()
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                errors.append(f"node {node_id}: {error}")
+                process.kill()
+
+        threads = [threading.Thread(target=stop, args=item) for item in stopping.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()  # Each stop is bounded by memora_process.stop_timeout_s.
+        self.retired += stopping.items()
+        assert not errors, "\n".join(errors)
+
+    def incarnations(self) -> list[tuple[int, MemoraProcess]]:
+        """Every process started, by node id: those stopped, then those running."""
+        with self._lock:
+            return [*self.retired, *self.processes.items()]
+
+    def crashes(self) -> list[str]:
+        """The tracebacks any process printed, each with what followed it."""
+        return [
+            f"node {node_id}:\n" + "\n".join(process.lines[index:])
+            for node_id, process in self.incarnations()
+            for index, line in enumerate(process.lines)
+            if line.startswith("Traceback")
+        ]
 
     def close(self) -> None:
         """Kill what runs and close the proxies: the end of every test, passed or not."""
@@ -219,8 +257,7 @@ class FaultyCluster:
         """Each link a member dials at another address than its proxy (the proxy would miss it)."""
         wrong = []
         for node_id in self.members:
-            status = self.status(node_id)
-            assert status is not None, f"node {node_id} does not answer"
+            status = self.wait_for(f"node {node_id} answers", partial(self.status, node_id))
             for peer in status["peers"]:
                 proxy = self.proxies[(node_id, peer["node_id"])]
                 if peer["address"] != f"127.0.0.1:{proxy.port}":
@@ -238,9 +275,7 @@ class FaultyCluster:
     def output_tails(self) -> str:
         """The last lines of every process's output, for a failure's message."""
         parts = []
-        for process in [*self.retired, *self.processes.values()]:
+        for node_id, process in self.incarnations():
             tail = process.lines[-output_tail_lines:]
-            # The command line is [python, -m, memora, serve, --data-dir, D, ...].
-            data_dir = Path(process.process.args[5]).name
-            parts.append(f"--- {data_dir}, pid {process.process.pid}\n" + "\n".join(tail))
+            parts.append(f"--- node {node_id}, pid {process.process.pid}\n" + "\n".join(tail))
         return "\n".join(parts)

@@ -55,7 +55,8 @@ def linearizability_problem(records: Sequence[Record]) -> str | None:
     result = linearizability.check(model, operations, deadline=deadline)
     if result.verdict is Verdict.LINEARIZABLE:
         return None
-    return result.report(model)
+    report: str = result.report(model)
+    return report
 
 
 def as_simulator_operation(record: Record) -> Operation:
@@ -78,7 +79,9 @@ def as_simulator_operation(record: Record) -> Operation:
 
 
 def real_time_order_problem(records: Sequence[Record]) -> str | None:
-    return sim_history.check_real_time_order([as_simulator_operation(each) for each in records])
+    operations = [as_simulator_operation(record) for record in records]
+    problem: str | None = sim_history.check_real_time_order(operations)
+    return problem
 
 
 def missing_writes(

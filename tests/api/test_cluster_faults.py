@@ -187,8 +187,8 @@ def run_schedule(cluster: FaultyCluster, workload: Workload, schedule: tuple[Fau
 
 
 def check_the_outcome(cluster: FaultyCluster, workload: Workload) -> dict[str, Any]:
-    """Heal, let the clients go on a while, stop them, and run the three checks; returns what
-    the summary prints."""
+    """Heal, let the clients go on a while, stop them, run the three checks, and stop every
+    member cleanly (SIGTERM, exit 0, no traceback printed); returns what the summary prints."""
     cluster.heal()
     workload.wait_for_acks(acks_after_healing_min, "healing")
     workload.stop()
@@ -200,6 +200,8 @@ def check_the_outcome(cluster: FaultyCluster, workload: Workload) -> dict[str, A
     check_every_acknowledged_write_is_kept(cluster, records)
     checked_s = check_linearizable(records)
     applied_index = next(iter(statuses.values()))["applied_index"]
+    cluster.stop_all()
+    assert not cluster.crashes(), "\n".join(cluster.crashes())
     return {"applied_index": applied_index, "check_s": round(checked_s, 1)}
 
 
@@ -282,8 +284,9 @@ def test_the_cluster_survives_kills_partitions_and_pauses(
     workload = start_with_workload(cluster)
     workload.wait_for_acks(acks_between_faults_min, "the start")
     run_schedule(cluster, workload, SCHEDULE)
+    assert not cluster.links_off_the_proxies(), cluster.links_off_the_proxies()
     links = cluster.proxy_counts()
-    facts = {
+    facts: dict[str, Any] = {
         "kills": sum(fault is kill_the_leader for fault in SCHEDULE),
         "pauses": sum(fault in (pause_the_leader, pause_a_follower) for fault in SCHEDULE),
         "connections_cut": links.get("connections_cut", 0),
@@ -291,7 +294,6 @@ def test_the_cluster_survives_kills_partitions_and_pauses(
         "connections_dropped": links.get("connections_dropped", 0),
     }
     facts |= check_the_outcome(cluster, workload)
-    assert not cluster.links_off_the_proxies(), cluster.links_off_the_proxies()
     assert facts["kills"] >= kills_min
     assert facts["connections_cut"] > 0 and facts["connections_dropped"] > 0, facts
     assert workload.history.counters["writes_ok"] >= len(SCHEDULE) * acks_between_faults_min
@@ -305,12 +307,12 @@ def test_a_wiped_node_is_replaced_through_membership(
     started_s = time.monotonic()
     workload = start_with_workload(cluster)
     workload.wait_for_acks(acks_between_faults_min, "the start")
-    removed = others(cluster, cluster.leader())[-1]
+    removed = cluster.leader()  # It must hand over its leadership as it leaves.
     survivors = others(cluster, removed)
     replace_a_member(cluster, removed, survivors, new_id=4)
     workload.wait_for_acks(acks_between_faults_min, "the replacement")
     run_schedule(cluster, workload, (kill_the_leader, pause_a_follower))
-    facts = {"removed": removed, "added": 4, "voters": cluster.members, "kills": 1}
+    facts: dict[str, Any] = {"removed": removed, "added": 4, "voters": cluster.members, "kills": 1}
     facts |= check_the_outcome(cluster, workload)
     facts["wall_s"] = round(time.monotonic() - started_s, 1)
     print_summary(capsys, "a wiped node replaced", workload, facts)
