@@ -213,6 +213,23 @@ async def test_the_cluster_survives_its_leader(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
+async def test_a_member_that_was_down_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as hub:
+        leader = await hub.leader()
+        await eventually(lambda: constants.namespace_default in leader.replica.machine.namespaces)
+        absent = hub.followers(leader)[0]
+        hub.kill(absent.node_id)
+        written = [await leader.write(insert(f"n{position}")) for position in range(30)]
+        assert await leader.snapshot() >= written[-1].commit_index  # The log before it is gone.
+        assert leader.driver.health()["snapshot_index"] >= written[-1].commit_index
+        restarted = await hub.start(absent.node_id)
+        await hub.converged()
+        assert label_of(restarted, written[-1].value.id) == "n29"
+        assert restarted.driver.health()["snapshot_index"] >= written[-1].commit_index
+        assert len({member.replica.state_hash() for member in hub.members.values()}) == 1
+
+
+@pytest.mark.trio
 async def test_a_member_is_added_caught_up_and_removed(tmp_path: Path) -> None:
     async with cluster(tmp_path) as hub:
         leader = await hub.leader()
