@@ -7,6 +7,7 @@ What lives here: the public names. The package is a sans-I/O core and two thin d
 - `records`: JSON to and from `memora.core.types`; `errors`: the typed errors;
 - `calls`: one call's retries and failover, the exactly-once session, the leader hint;
 - `configure`: the checks of a client's arguments;
+- `base`: what both clients share, all but the I/O;
 - `sync_client` on `httpx.Client`, `async_client` on `httpx.AsyncClient`.
 What must not: import the server's layers (`memora.api`, `memora.net`, `memora.service`): a
 client needs only httpx, numpy and `memora.core`'s types.

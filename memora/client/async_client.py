@@ -3,8 +3,9 @@
 What lives here: the `AsyncClient` class, whose methods are coroutines of the same operations,
 with the same signatures, as `memora.Client`'s, and the loop that runs one
 `memora.client.calls.Call` over HTTP. It runs on trio (and on asyncio) through anyio, which
-httpx uses. What must not: any decision about retries, routing or answers; the sans-I/O core
-makes them, so this class and `memora.Client` behave the same.
+httpx uses. What must not: any decision about retries, routing or answers (the sans-I/O core
+makes them), or anything `memora.Client` would need too (`memora.client.base` has it), so the
+two behave the same.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import anyio
 import httpx
 
 from memora.client import configure, reads, writes
-from memora.client.calls import Call, LeaderProbe
-from memora.client.errors import ClientClosedError
+from memora.client.base import ClientBase, http_request, report_answer, report_failure
+from memora.client.calls import LeaderProbe
 from memora.client.protocol import (
     Consistency,
     Done,
@@ -26,9 +27,8 @@ from memora.client.protocol import (
     Machine,
     RetryPolicy,
     Sleep,
-    method_signature,
+    operation_method,
 )
-from memora.client.sync_client import describe, http_timeout
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,13 +42,10 @@ def _awaitable(
     async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._perform(build(*args, **kwargs))
 
-    method.__name__ = method.__qualname__ = build.__name__
-    method.__doc__ = build.__doc__
-    method.__signature__ = method_signature(build)  # type: ignore[attr-defined]
-    return method
+    return operation_method(build, method)
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The async twin of `memora.Client`: the same arguments, operations and behaviour (see
     there), each operation a coroutine. `async with AsyncClient(urls) as client: ...`.
 
@@ -66,7 +63,7 @@ class AsyncClient:
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._state = configure.client_state(
+        state = configure.client_state(
             urls,
             token=token,
             namespace=namespace,
@@ -75,39 +72,9 @@ class AsyncClient:
             last_sequence=last_sequence,
             policy=policy or RetryPolicy(),
         )
+        super().__init__(state)
         self._http = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
         self._write_turn = anyio.Lock()
-        self._closed = False
-
-    # -- The session and the cluster, as this client knows them -----------------------------------
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return self._state.router.urls
-
-    @property
-    def namespace(self) -> str | None:
-        return self._state.namespace
-
-    @property
-    def client_id(self) -> str:
-        return self._state.session.client_id
-
-    @property
-    def last_sequence(self) -> int:
-        """The sequence number of this session's latest write (0 before the first)."""
-        return self._state.session.sequence
-
-    @property
-    def commit_index(self) -> int:
-        """The highest commit index a write of this client returned (0 before the first)."""
-        return self._state.session.commit_index
-
-    @property
-    def leader_url(self) -> str | None:
-        """The URL whose health last said it leads, if one did since the last failover."""
-        leader = self._state.router.leader
-        return None if leader is None else self._state.router.urls[leader]
 
     # -- Closing ----------------------------------------------------------------------------------
 
@@ -134,10 +101,7 @@ class AsyncClient:
     # -- Running a call ---------------------------------------------------------------------------
 
     async def _perform(self, exchange: Exchange[T]) -> T:
-        if self._closed:
-            exchange.close()
-            raise ClientClosedError("the client is closed")
-        call = Call(exchange, self._state, anyio.current_time())
+        call = self._start(exchange, anyio.current_time())
         if not call.writes:
             value: T = await self._drive(call)
             return value
@@ -156,20 +120,12 @@ class AsyncClient:
                 await anyio.sleep(action.seconds)
                 continue
             try:
-                response = await self._http.request(
-                    action.method,
-                    action.url,
-                    params=action.query,
-                    headers=action.headers,
-                    content=action.content,
-                    timeout=http_timeout(self._state.policy, action.timeout_s),
-                )
+                request = http_request(self._http, action, self._state.policy)
+                response = await self._http.send(request)
             except httpx.TransportError as error:
-                machine.failed(describe(error), anyio.current_time())
+                report_failure(machine, error, anyio.current_time())
                 continue
-            retry_after = response.headers.get("Retry-After")
-            now = anyio.current_time()
-            machine.answered(response.status_code, retry_after, response.content, now)
+            report_answer(machine, response, anyio.current_time())
 
     # -- Operations (the embedded store's, by name, arguments and return type) ---------------------
 

@@ -4,9 +4,9 @@ What lives here: `Request` (one REST request as an operation states it, before t
 its URL, namespace, session headers and read floor), `ReadOptions`, `Exchange` (an operation as
 a generator: it yields requests, is sent each answer's JSON, and returns the typed value; an
 error answer is thrown into it, so it may turn a 404 into `None`), the actions a driver carries
-out (`Send`, `Sleep`, `Done`), the client's limits, and `method_signature`, which gives the sync
-and async methods the signature of the operation they run. What must not: I/O, clocks or
-randomness of its own.
+out (`Send`, `Sleep`, `Done`), the client's limits, and `operation_method`, which gives the sync
+and async methods the name, docstring and signature of the operation they run. What must not:
+I/O, clocks or randomness of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import attrs
 Json: TypeAlias = dict[str, Any]
 Consistency: TypeAlias = Literal["linearizable", "lease", "follower"]
 T = TypeVar("T")
+Method = TypeVar("Method", bound=Callable[..., Any])
 
 CONSISTENCIES: Final = ("linearizable", "lease", "follower")
 urls_max: Final = 64
@@ -113,6 +114,15 @@ class RetryPolicy:
         assert self.deadline_s > 0 and self.probe_timeout_s > 0, self
         assert 0 < self.backoff_initial_s <= self.backoff_max_s, self
         assert self.retry_after_max_s >= 0, self
+
+
+def operation_method(build: Callable[..., Exchange[Any]], method: Method) -> Method:
+    """`method`, a client's method that runs the exchange `build` makes, under the name,
+    docstring and signature of `build`."""
+    method.__name__ = method.__qualname__ = build.__name__
+    method.__doc__ = build.__doc__
+    method.__signature__ = method_signature(build)  # type: ignore[attr-defined]
+    return method
 
 
 def method_signature(build: Callable[..., Exchange[Any]]) -> inspect.Signature:

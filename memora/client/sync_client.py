@@ -2,9 +2,10 @@
 
 What lives here: the `Client` class, whose methods are the operations of
 `memora.client.writes` and `memora.client.reads` (the embedded `memora.Memora`'s, by name,
-arguments and return types), and the loop that runs one `memora.client.calls.Call` over HTTP.
-What must not: any decision about retries, routing or answers; the sans-I/O core makes them,
-so this class and `memora.AsyncClient` behave the same.
+arguments and return types), and the blocking loop that runs one `memora.client.calls.Call`
+over HTTP. What must not: any decision about retries, routing or answers (the sans-I/O core
+makes them), or anything `memora.AsyncClient` would need too (`memora.client.base` has it), so
+the two behave the same.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import httpx
 
 from memora.client import configure, reads, writes
-from memora.client.calls import Call, LeaderProbe
-from memora.client.errors import ClientClosedError
+from memora.client.base import ClientBase, http_request, report_answer, report_failure
+from memora.client.calls import LeaderProbe
 from memora.client.protocol import (
     Consistency,
     Done,
@@ -27,7 +28,7 @@ from memora.client.protocol import (
     Machine,
     RetryPolicy,
     Sleep,
-    method_signature,
+    operation_method,
 )
 
 P = ParamSpec("P")
@@ -40,13 +41,10 @@ def _blocking(build: Callable[P, Exchange[T]]) -> Callable[Concatenate[Client, P
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._perform(build(*args, **kwargs))
 
-    method.__name__ = method.__qualname__ = build.__name__
-    method.__doc__ = build.__doc__
-    method.__signature__ = method_signature(build)  # type: ignore[attr-defined]
-    return method
+    return operation_method(build, method)
 
 
-class Client:
+class Client(ClientBase):
     """A blocking client of a Memora server or cluster, over its REST API.
 
     `Client(["http://127.0.0.1:8081", "http://127.0.0.1:8082"], token=...)`; best as a context
@@ -89,7 +87,7 @@ class Client:
     ) -> None:
         """`namespace` None uses the server's default namespace; `consistency` is the default
         of reads; `transport` replaces httpx's (tests use it to lose answers)."""
-        self._state = configure.client_state(
+        state = configure.client_state(
             urls,
             token=token,
             namespace=namespace,
@@ -98,39 +96,9 @@ class Client:
             last_sequence=last_sequence,
             policy=policy or RetryPolicy(),
         )
+        super().__init__(state)
         self._http = httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
         self._write_turn = threading.Lock()
-        self._closed = False
-
-    # -- The session and the cluster, as this client knows them -----------------------------------
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return self._state.router.urls
-
-    @property
-    def namespace(self) -> str | None:
-        return self._state.namespace
-
-    @property
-    def client_id(self) -> str:
-        return self._state.session.client_id
-
-    @property
-    def last_sequence(self) -> int:
-        """The sequence number of this session's latest write (0 before the first)."""
-        return self._state.session.sequence
-
-    @property
-    def commit_index(self) -> int:
-        """The highest commit index a write of this client returned (0 before the first)."""
-        return self._state.session.commit_index
-
-    @property
-    def leader_url(self) -> str | None:
-        """The URL whose health last said it leads, if one did since the last failover."""
-        leader = self._state.router.leader
-        return None if leader is None else self._state.router.urls[leader]
 
     # -- Closing ----------------------------------------------------------------------------------
 
@@ -153,10 +121,7 @@ class Client:
     # -- Running a call ---------------------------------------------------------------------------
 
     def _perform(self, exchange: Exchange[T]) -> T:
-        if self._closed:
-            exchange.close()
-            raise ClientClosedError("the client is closed")
-        call = Call(exchange, self._state, time.monotonic())
+        call = self._start(exchange, time.monotonic())
         if not call.writes:
             value: T = self._drive(call)
             return value
@@ -174,21 +139,13 @@ class Client:
             if isinstance(action, Sleep):
                 time.sleep(action.seconds)
                 continue
-            timeout = http_timeout(self._state.policy, action.timeout_s)
             try:
-                response = self._http.request(
-                    action.method,
-                    action.url,
-                    params=action.query,
-                    headers=action.headers,
-                    content=action.content,
-                    timeout=timeout,
-                )
+                request = http_request(self._http, action, self._state.policy)
+                response = self._http.send(request)
             except httpx.TransportError as error:
-                machine.failed(describe(error), time.monotonic())
+                report_failure(machine, error, time.monotonic())
                 continue
-            retry_after = response.headers.get("Retry-After")
-            machine.answered(response.status_code, retry_after, response.content, time.monotonic())
+            report_answer(machine, response, time.monotonic())
 
     # -- Operations (the embedded store's, by name, arguments and return type) ---------------------
 
@@ -223,14 +180,3 @@ class Client:
     health = _blocking(reads.health)
     metrics = _blocking(reads.metrics)
     snapshot = _blocking(reads.snapshot)
-
-
-def http_timeout(policy: RetryPolicy, seconds: float) -> httpx.Timeout:
-    """The timeouts of one attempt: `seconds` in all, and to connect at most the policy's."""
-    return httpx.Timeout(seconds, connect=min(policy.connect_timeout_s, seconds))
-
-
-def describe(error: httpx.TransportError) -> str:
-    """A transport error in words: its class, and its message when it has one."""
-    detail = str(error)
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
