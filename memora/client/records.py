@@ -11,6 +11,7 @@ carry (a command the REST batch has no `op` for).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -61,52 +62,34 @@ def _vector(value: list[float] | None) -> bytes | None:
     return None if value is None else vector_to_bytes(value)
 
 
+def _copied(value: Json, *names: str) -> Json:
+    """The fields `names` of `value`, as they are, to pass as keywords."""
+    return {name: value[name] for name in names}
+
+
+def _versioned(value: Json) -> Json:
+    """The fields every versioned record has (nodes, edges, observations), as keywords."""
+    return {
+        **_copied(value, "namespace", "id", "version", "deleted"),
+        "provenance": provenance(value["provenance"]),
+        "created": stamp(value["created"]),
+        "updated": stamp(value["updated"]),
+    }
+
+
 def node(value: Json) -> Node:
-    return Node(
-        namespace=value["namespace"],
-        id=value["id"],
-        version=value["version"],
-        label=value["label"],
-        name=value["name"],
-        properties=value["properties"],
-        text=value["text"],
-        vector=_vector(value["vector"]),
-        provenance=provenance(value["provenance"]),
-        created=stamp(value["created"]),
-        updated=stamp(value["updated"]),
-        deleted=value["deleted"],
-    )
+    fields = _copied(value, "label", "name", "properties", "text")
+    return Node(vector=_vector(value["vector"]), **fields, **_versioned(value))
 
 
 def edge(value: Json) -> Edge:
-    return Edge(
-        namespace=value["namespace"],
-        id=value["id"],
-        version=value["version"],
-        source=value["source"],
-        target=value["target"],
-        kind=value["kind"],
-        properties=value["properties"],
-        provenance=provenance(value["provenance"]),
-        created=stamp(value["created"]),
-        updated=stamp(value["updated"]),
-        deleted=value["deleted"],
-    )
+    fields = _copied(value, "source", "target", "kind", "properties")
+    return Edge(**fields, **_versioned(value))
 
 
 def observation(value: Json) -> Observation:
-    return Observation(
-        namespace=value["namespace"],
-        id=value["id"],
-        version=value["version"],
-        node_id=value["node_id"],
-        text=value["text"],
-        vector=_vector(value["vector"]),
-        provenance=provenance(value["provenance"]),
-        created=stamp(value["created"]),
-        updated=stamp(value["updated"]),
-        deleted=value["deleted"],
-    )
+    fields = _copied(value, "node_id", "text")
+    return Observation(vector=_vector(value["vector"]), **fields, **_versioned(value))
 
 
 def namespace(value: Json) -> Namespace:
@@ -129,13 +112,17 @@ def hybrid_hit(value: Json) -> HybridHit:
 def written_record(value: Json) -> Node | Edge | Observation:
     """One item of a batch's `results`: `{"type": "node", "node": {...}}` and so on."""
     kind = value["type"]
-    if kind == "node":
-        return node(value["node"])
-    if kind == "edge":
-        return edge(value["edge"])
-    if kind != "observation":
+    reader = _WRITTEN_RECORDS.get(kind)
+    if reader is None:
         raise ValueError(f"a batch result of unknown type {kind!r}")
-    return observation(value["observation"])
+    return reader(value[kind])
+
+
+_WRITTEN_RECORDS: dict[str, Callable[[Json], Node | Edge | Observation]] = {
+    "node": node,
+    "edge": edge,
+    "observation": observation,
+}
 
 
 # -- Writing requests -----------------------------------------------------------------------------
