@@ -1,20 +1,32 @@
 """Checks and conversions of the arguments of client operations, shared by reads and writes.
 
-What lives here: record ids (checked, since they become part of a URL's path), edge kinds (one
-string is one kind, as the embedded store takes them), query strings, read options, the body
-fields of text and vectors, and how a write's body becomes a `Request`. What must not: checks
+What lives here: the paths of the record collections and of one record (its id checked, since
+it becomes part of the path), edge kinds (one string is one kind, as the embedded store takes
+them), query strings, read options, the body fields of text and vectors, and how a write's body
+becomes a `Request`. What must not: checks
 the server makes anyway; the server is the authority on every value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from memora.client import records
 from memora.client.protocol import Json, ReadOptions, Request
 from memora.core import constants
 from memora.core.errors import ValidationError
+
+NODES_PATH: Final = "/api/v1/nodes"
+EDGES_PATH: Final = "/api/v1/edges"
+OBSERVATIONS_PATH: Final = "/api/v1/observations"
+
+
+def record_path(collection: str, value: Any, field: str, below: str = "") -> str:
+    """The path of one record of `collection` (`/api/v1/nodes/7`), or of what lies `below` it
+    (`/api/v1/nodes/7/edges`); the id is `value`, the argument named `field`."""
+    path = f"{collection}/{record_id(value, field)}"
+    return f"{path}/{below}" if below else path
 
 
 def record_id(value: Any, field: str) -> int:
@@ -69,6 +81,7 @@ def text_fields(text: str | None, vector: Any, embed: bool) -> dict[str, Any]:
     return {"text": text, "vector": records.optional_vector_json(vector), "embed": embed or None}
 
 
-def write(method: str, path: str, body: Json, namespace: str | None) -> Request:
+def write(method: str, path: str, body: Json | None, namespace: str | None) -> Request:
     """A write with this body (its null fields left out) in `namespace`."""
-    return Request(method, path, body=records.without_nulls(body), namespace=namespace, write=True)
+    fields = None if body is None else records.without_nulls(body)
+    return Request(method, path, body=fields, namespace=namespace, write=True)

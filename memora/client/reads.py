@@ -10,10 +10,11 @@ What must not: I/O, retries, or checks only the server can make.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from memora.client import arguments, records
+from memora.client.arguments import EDGES_PATH, NODES_PATH, OBSERVATIONS_PATH
 from memora.client.protocol import Consistency, Exchange, Json, ReadOptions, Request
 from memora.core import constants
 from memora.core.errors import NotFoundError, ValidationError
@@ -28,18 +29,29 @@ from memora.core.types import (
     SimilarHit,
 )
 
-_NODES = "/api/v1/nodes"
 _HYBRID = "/api/v1/query/hybrid"
-
-
-def _absent(error: NotFoundError, field: str) -> None:
-    """Nothing, when the error says the record named by `field` does not exist; else raise it
-    (a namespace that does not exist is an error, as in the embedded store)."""
-    if error.field != field:
-        raise error
+R = TypeVar("R")
 
 
 # -- Records --------------------------------------------------------------------------------------
+
+
+def _get_record(
+    path: str,
+    kind: str,
+    reader: Callable[[Json], R],
+    options: ReadOptions,
+    namespace: str | None,
+) -> Exchange[R | None]:
+    """The record of `kind` at `path`, or None when the server says there is none; any other
+    refusal is raised (a namespace that does not exist too, as in the embedded store)."""
+    try:
+        answer = yield arguments.read(path, options, namespace=namespace)
+    except NotFoundError as error:
+        if error.field != f"{kind}_id":
+            raise
+        return None
+    return reader(answer[kind])
 
 
 def get_node(
@@ -50,14 +62,9 @@ def get_node(
     consistency: Consistency | None = None,
     min_commit_index: int | None = None,
 ) -> Exchange[Node | None]:
-    path = f"{_NODES}/{arguments.record_id(id, 'id')}"
+    path = arguments.record_path(NODES_PATH, id, "id")
     options = ReadOptions(consistency, min_commit_index, as_of)
-    try:
-        answer = yield arguments.read(path, options, namespace=namespace)
-    except NotFoundError as error:
-        _absent(error, "node_id")
-        return None
-    return records.node(answer["node"])
+    return (yield from _get_record(path, "node", records.node, options, namespace))
 
 
 def get_edge(
@@ -68,14 +75,9 @@ def get_edge(
     consistency: Consistency | None = None,
     min_commit_index: int | None = None,
 ) -> Exchange[Edge | None]:
-    path = f"/api/v1/edges/{arguments.record_id(id, 'id')}"
+    path = arguments.record_path(EDGES_PATH, id, "id")
     options = ReadOptions(consistency, min_commit_index, as_of)
-    try:
-        answer = yield arguments.read(path, options, namespace=namespace)
-    except NotFoundError as error:
-        _absent(error, "edge_id")
-        return None
-    return records.edge(answer["edge"])
+    return (yield from _get_record(path, "edge", records.edge, options, namespace))
 
 
 def get_observation(
@@ -87,14 +89,9 @@ def get_observation(
     min_commit_index: int | None = None,
 ) -> Exchange[Observation | None]:
     """An observation by its id (REST only), or None."""
-    path = f"/api/v1/observations/{arguments.record_id(id, 'id')}"
+    path = arguments.record_path(OBSERVATIONS_PATH, id, "id")
     options = ReadOptions(consistency, min_commit_index, as_of)
-    try:
-        answer = yield arguments.read(path, options, namespace=namespace)
-    except NotFoundError as error:
-        _absent(error, "observation_id")
-        return None
-    return records.observation(answer["observation"])
+    return (yield from _get_record(path, "observation", records.observation, options, namespace))
 
 
 def node_history(
@@ -105,7 +102,7 @@ def node_history(
     min_commit_index: int | None = None,
 ) -> Exchange[list[Node]]:
     """Every version of a node, oldest first (all pages of the history endpoint)."""
-    path = f"{_NODES}/{arguments.record_id(id, 'id')}/history"
+    path = arguments.record_path(NODES_PATH, id, "id", "history")
     options = ReadOptions(consistency, min_commit_index)
     versions: list[Node] = []
     after_version = 0
@@ -136,7 +133,7 @@ def edges_of(
     consistency: Consistency | None = None,
     min_commit_index: int | None = None,
 ) -> Exchange[list[Edge]]:
-    path = f"{_NODES}/{arguments.record_id(node_id, 'node_id')}/edges"
+    path = arguments.record_path(NODES_PATH, node_id, "node_id", "edges")
     query = arguments.query_string(direction=direction, kinds=arguments.kinds_query(kinds))
     options = ReadOptions(consistency, min_commit_index, as_of)
     answer = yield arguments.read(path, options, query, namespace)
@@ -151,7 +148,7 @@ def observations_of(
     consistency: Consistency | None = None,
     min_commit_index: int | None = None,
 ) -> Exchange[list[Observation]]:
-    path = f"{_NODES}/{arguments.record_id(node_id, 'node_id')}/observations"
+    path = arguments.record_path(NODES_PATH, node_id, "node_id", "observations")
     options = ReadOptions(consistency, min_commit_index, as_of)
     answer = yield arguments.read(path, options, namespace=namespace)
     return [records.observation(item) for item in answer["observations"]]
@@ -170,7 +167,7 @@ def list_nodes(
     """Up to `limit` nodes with ids after `after_id`, by id: pass the last id for the next."""
     query = arguments.query_string(label=label, after=after_id, limit=limit)
     options = ReadOptions(consistency, min_commit_index, as_of)
-    answer = yield arguments.read(_NODES, options, query, namespace)
+    answer = yield arguments.read(NODES_PATH, options, query, namespace)
     return [records.node(item) for item in answer["nodes"]]
 
 
@@ -186,7 +183,7 @@ def _related(
     options: ReadOptions,
     namespace: str | None,
 ) -> Exchange[list[RelatedNode]]:
-    path = f"{_NODES}/{arguments.record_id(node_id, 'node_id')}/related"
+    path = arguments.record_path(NODES_PATH, node_id, "node_id", "related")
     kinds_text = arguments.kinds_query(kinds)
     query = arguments.query_string(depth=depth, kinds=kinds_text, direction=direction, limit=limit)
     answer = yield arguments.read(path, options, query, namespace)

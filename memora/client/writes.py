@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from memora.client import arguments, records
+from memora.client.arguments import EDGES_PATH, NODES_PATH, OBSERVATIONS_PATH
 from memora.client.protocol import Exchange, Request
 from memora.core import constants
 from memora.core.types import (
@@ -25,10 +26,6 @@ from memora.core.types import (
     Provenance,
     SimpleCommand,
 )
-
-_NODES = "/api/v1/nodes"
-_EDGES = "/api/v1/edges"
-_OBSERVATIONS = "/api/v1/observations"
 
 # -- Namespaces -----------------------------------------------------------------------------------
 
@@ -66,7 +63,7 @@ def insert_node(
         "provenance": records.provenance_json(provenance),
         **arguments.text_fields(text, vector, embed),
     }
-    answer = yield arguments.write("POST", _NODES, body, namespace)
+    answer = yield arguments.write("POST", NODES_PATH, body, namespace)
     return records.node(answer["node"])
 
 
@@ -92,14 +89,14 @@ def update_node(
         "clear": list(clear) or None,
         **arguments.text_fields(text, vector, embed),
     }
-    path = f"{_NODES}/{arguments.record_id(id, 'id')}"
+    path = arguments.record_path(NODES_PATH, id, "id")
     answer = yield arguments.write("PATCH", path, body, namespace)
     return records.node(answer["node"])
 
 
 def delete_node(id: int, *, namespace: str | None = None) -> Exchange[Node]:
-    path = f"{_NODES}/{arguments.record_id(id, 'id')}"
-    answer = yield Request("DELETE", path, namespace=namespace, write=True)
+    path = arguments.record_path(NODES_PATH, id, "id")
+    answer = yield arguments.write("DELETE", path, None, namespace)
     return records.node(answer["node"])
 
 
@@ -109,7 +106,7 @@ def insert_vector(node_id: int, vector: Any, *, namespace: str | None = None) ->
         "node_id": arguments.record_id(node_id, "node_id"),
         "vector": records.vector_json(vector),
     }
-    answer = yield Request("POST", "/api/v1/vectors", body=body, namespace=namespace, write=True)
+    answer = yield arguments.write("POST", "/api/v1/vectors", body, namespace)
     return records.node(answer["node"])
 
 
@@ -134,7 +131,7 @@ def insert_edge(
         "properties": properties,
         "provenance": records.provenance_json(provenance),
     }
-    answer = yield arguments.write("POST", _EDGES, body, namespace)
+    answer = yield arguments.write("POST", EDGES_PATH, body, namespace)
     return records.edge(answer["edge"])
 
 
@@ -146,14 +143,14 @@ def update_edge(
     namespace: str | None = None,
 ) -> Exchange[Edge]:
     body = {"properties": properties, "provenance": records.provenance_json(provenance)}
-    path = f"{_EDGES}/{arguments.record_id(id, 'id')}"
+    path = arguments.record_path(EDGES_PATH, id, "id")
     answer = yield arguments.write("PATCH", path, body, namespace)
     return records.edge(answer["edge"])
 
 
 def delete_edge(id: int, *, namespace: str | None = None) -> Exchange[Edge]:
-    path = f"{_EDGES}/{arguments.record_id(id, 'id')}"
-    answer = yield Request("DELETE", path, namespace=namespace, write=True)
+    path = arguments.record_path(EDGES_PATH, id, "id")
+    answer = yield arguments.write("DELETE", path, None, namespace)
     return records.edge(answer["edge"])
 
 
@@ -170,14 +167,14 @@ def add_observation(
         "provenance": records.provenance_json(provenance),
         **arguments.text_fields(text, vector, embed),
     }
-    path = f"{_NODES}/{arguments.record_id(node_id, 'node_id')}/observations"
+    path = arguments.record_path(NODES_PATH, node_id, "node_id", "observations")
     answer = yield arguments.write("POST", path, body, namespace)
     return records.observation(answer["observation"])
 
 
 def delete_observation(id: int, *, namespace: str | None = None) -> Exchange[Observation]:
-    path = f"{_OBSERVATIONS}/{arguments.record_id(id, 'id')}"
-    answer = yield Request("DELETE", path, namespace=namespace, write=True)
+    path = arguments.record_path(OBSERVATIONS_PATH, id, "id")
+    answer = yield arguments.write("DELETE", path, None, namespace)
     return records.observation(answer["observation"])
 
 
@@ -190,5 +187,5 @@ def batch(
     but `CreateNamespace`, and assigns observation ids itself."""
     items = [records.batch_command_json(command, n) for n, command in enumerate(commands)]
     body = {"commands": items}
-    answer = yield Request("POST", "/api/v1/batch", body=body, namespace=namespace, write=True)
+    answer = yield arguments.write("POST", "/api/v1/batch", body, namespace)
     return tuple(records.written_record(item) for item in answer["results"])
