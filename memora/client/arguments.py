@@ -3,8 +3,8 @@
 What lives here: the paths of the record collections and of one record (its id checked, since
 it becomes part of the path), edge kinds (one string is one kind, as the embedded store takes
 them), query strings, read options, the body fields of text and vectors, and how a write's body
-becomes a `Request`. What must not: checks
-the server makes anyway; the server is the authority on every value.
+becomes a `Request`. What must not: checks the server makes anyway; the server is the authority
+on every value.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def text_fields(text: str | None, vector: Any, embed: bool) -> dict[str, Any]:
 
 
 def write(method: str, path: str, body: Json | None, namespace: str | None) -> Request:
-    """A write with this body (its null fields left out) in `namespace`."""
+    """A write with this body (its null fields left out) in `namespace`: every write but
+    `create_namespace`, which names no namespace, is made here."""
     fields = None if body is None else records.without_nulls(body)
     return Request(method, path, body=fields, namespace=namespace, write=True)
