@@ -15,16 +15,19 @@ the machine's); a failure's message says which seed ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from cluster_processes import memora_cluster, wait_s_max
-from faulty_cluster import FaultyCluster
+from cluster_processes import call, memora_cluster, wait_s_max
+from faulty_cluster import FaultyCluster, status_timeout_s
 from history_checks import (
     linearizability_problem,
     missing_writes,
@@ -337,3 +340,48 @@ def replace_a_member(
     assert done.returncode == 0, done.stderr
     assert f"voters {[*survivors, new_id]}" in done.stdout, done.stdout
     cluster.members = [*survivors, new_id]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a wiped voter restarted with its founding flags founds again with an empty log and "
+    "votes for a member that lacks committed entries (memora/net/driver.py _open_or_bootstrap "
+    "cannot tell a first start from a wiped one); the safe way is remove-node, then a new id",
+)
+def test_a_wiped_voter_restarted_as_a_founder_cannot_lose_an_acknowledged_write(
+    cluster: FaultyCluster,
+) -> None:
+    """The operator's mistake the replacement test avoids: node W is wiped and started again
+    with the flags it founded the cluster with. A write acknowledged by the leader and W only
+    (the third member cut off) must survive the leader's crash all the same."""
+    cluster.start_all()
+    leader = cluster.leader()
+    wiped, isolated = others(cluster, leader)
+    url = cluster.url(leader)
+    assert url is not None
+    call(f"{url}/api/v1/nodes", "POST", {"id": 7, "label": "register", "properties": {"v": 0}})
+    cut_off = [(isolated, other) for other in others(cluster, isolated)]
+    cut_off += [(other, isolated) for other in others(cluster, isolated)]
+    cluster.set_links(cut_off, LinkMode.CUT)
+    call(f"{url}/api/v1/nodes/7", "PATCH", {"properties": {"v": 1}})  # Kept by leader and W.
+    cluster.kill(leader)
+    cluster.kill(wiped)
+    cluster.wipe(wiped)
+    with contextlib.suppress(RuntimeError):  # A product that refuses the wiped founder is right.
+        cluster.restart(wiped)
+    cluster.set_links(cut_off, LinkMode.PASS)
+    cluster.restart(leader)
+    assert (
+        cluster.wait_for("node 7 is read on the old leader", partial(read_v, cluster, leader)) == 1
+    )
+
+
+def read_v(cluster: FaultyCluster, node_id: int) -> int | None:
+    url = cluster.url(node_id)
+    try:
+        answer = call(f"{url}/api/v1/nodes/7", timeout_s=status_timeout_s)
+    except (urllib.error.URLError, OSError):
+        return None  # No leader yet: reads wait for one.
+    value: int = answer["node"]["properties"]["v"]
+    return value
