@@ -33,7 +33,10 @@ listens there). A new data directory founds the cluster of those members; with `
 `cluster_id`, default `memora`) names the cluster. Members prove to each other that they hold
 the cluster secret, from `MEMORA_CLUSTER_SECRET` or the file named by
 `MEMORA_CLUSTER_SECRET_FILE` (or the key `cluster_secret_file`): at least 16 bytes, the same on
-every member. A cluster without a secret is refused.
+every member. A cluster without a secret is refused. A member's data directory holds its
+incarnation (random, made with the directory): a member whose directory was wiped comes back
+with another one, and the members that knew it refuse it until it is removed from the
+configuration; it rejoins under a new id.
 
 The process prints one line for the data directory, one for what recovery found, and one per
 listener. SIGINT or SIGTERM: the HTTP server stops accepting connections and drains the requests
@@ -68,6 +71,8 @@ from memora.core.errors import MemoraError
 from memora.net import peer_wire
 from memora.net.cluster import ClusterNode, PeerAddress, RaftOutbox, format_address, parse_peers
 from memora.net.driver import NodeDriver
+from memora.net.peer_incarnations import BOOK_FILE as INCARNATION_BOOK_FILE
+from memora.net.peer_incarnations import IncarnationBook, read_or_make_incarnation
 from memora.net.peer_transport import PeerTransport, TransportSettings
 from memora.net.raft_storage import RaftStorageError
 
@@ -452,7 +457,7 @@ def serve(config: ServeConfig, out: TextIO) -> int:
     _raise_open_files_limit()
     try:
         node, link = _open_node(config)
-    except (OSError, RaftStorageError, MemoraError) as error:
+    except (OSError, ValueError, RaftStorageError, MemoraError) as error:
         say(f"cannot open the data directory {config.data_dir}: {error}")
         return EXIT_FAILURE
     driver = node.driver if isinstance(node, ClusterNode) else node
@@ -475,13 +480,17 @@ def _open_node(config: ServeConfig) -> tuple[NodeDriver | ClusterNode, PeerTrans
     cluster = config.cluster
     if cluster is None:
         return NodeDriver.open(config.data_dir, default_namespace=namespace), None
-    settings = TransportSettings(cluster.cluster_id, cluster.secret)
+    os.makedirs(config.data_dir, exist_ok=True)
+    # Made with the directory: a wiped member comes back with another, and its peers refuse it.
+    incarnation = read_or_make_incarnation(config.data_dir)
+    settings = TransportSettings(cluster.cluster_id, cluster.secret, incarnation=incarnation)
     link = PeerTransport(
         cluster.node_id,
         cluster.listen,
         cluster.peers,
         settings,
         lambda sender, body: member.deliver(sender, body),
+        IncarnationBook(os.path.join(config.data_dir, INCARNATION_BOOK_FILE)),
     )
     driver = NodeDriver.open(
         config.data_dir,

@@ -153,6 +153,8 @@ peer_secret_bytes_min: Final = 16
 peer_secret_bytes_max: Final = 4096
 # Each side of a handshake contributes a fresh nonce of this size.
 peer_nonce_bytes: Final = 32
+# A node's incarnation: random bytes made with its data directory, sent in every handshake.
+peer_incarnation_bytes: Final = 16
 # Every frame after the handshake ends with an HMAC-SHA256 tag truncated to this size.
 peer_mac_bytes: Final = 16
 # A handshake message (a small CBOR map) never exceeds this; a longer length prefix is refused.
@@ -168,6 +170,7 @@ peer_handshakes_pending_max: Final = 64
 assert peer_protocol_version >= 1
 assert 16 <= peer_secret_bytes_min <= peer_secret_bytes_max
 assert peer_nonce_bytes >= 16
+assert peer_incarnation_bytes >= 16
 assert 8 <= peer_mac_bytes <= 32
 assert peer_cluster_id_bytes_max + peer_address_bytes_max + 3 * peer_nonce_bytes < (
     peer_handshake_body_bytes_max

@@ -19,6 +19,10 @@ Peer frames, as the link carries them (opaque bytes to it), start with one kind 
   only one a caller retries by itself; a write whose call timed out has an unknown outcome, and
   the client retries it with its session, which makes it exactly-once.
 
+Wiped members. The links refuse a known member that comes back with another incarnation (a new
+data directory: it forgot its votes and log; see `memora.net.peer_incarnations`); once a member
+is removed from the configuration its incarnation is forgotten, so its id can be added back.
+
 Membership. `add_member` adds a node as a learner, waits until its log caught up with the
 leader's commit index (by log entries or a snapshot), then promotes it to voter: a node that
 never catches up cannot stall the quorum. Each step re-reads the configuration, so a retried or
@@ -32,7 +36,7 @@ import contextlib
 import enum
 import ipaddress
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
@@ -61,6 +65,8 @@ _POLL_S: Final = 0.01
 _CATCH_UP_POLL_S: Final = 0.05
 # How often a caller waiting for the leader's reply checks that the leader still leads.
 _REPLY_POLL_S: Final = 0.05
+# How often the links are told which peers left the configuration (their incarnations go).
+_DEPARTED_POLL_S: Final = 1.0
 _PORT_MAX: Final = 65535
 _HOST_PATTERN: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 # Counted from the start (at 0), so every scrape has each name.
@@ -104,6 +110,8 @@ class PeerLink(Protocol):
     def peer_status(self) -> dict[int, dict[str, Any]]: ...
 
     def metrics(self) -> dict[str, int]: ...
+
+    def forget_departed(self, members: Collection[int]) -> None: ...
 
 
 @attrs.frozen
@@ -270,6 +278,7 @@ class ClusterNode:
         """Run the node; reports started when it serves, returns after `stop()` drained it."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._forget_departed_loop)
             await self.driver.run(task_status=task_status)
             nursery.cancel_scope.cancel()  # The calls this node was serving for peers.
         self._nursery = None
@@ -278,6 +287,13 @@ class ClusterNode:
 
     def stop(self) -> None:
         self.driver.stop()
+
+    async def _forget_departed_loop(self) -> None:
+        """A removed member's incarnation is forgotten, so its id may be added back later."""
+        while True:
+            await trio.sleep(_DEPARTED_POLL_S)
+            if self.driver.configuration.members():  # A joining node knows none yet.
+                self._link.forget_departed(self.driver.configuration.members())
 
     # -- Frames from peers ------------------------------------------------------------------------
 

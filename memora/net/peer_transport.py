@@ -49,7 +49,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -58,6 +58,7 @@ import trio
 from memora.core import constants
 from memora.core.errors import MemoraError, ValidationError
 from memora.net import peer_wire
+from memora.net.peer_incarnations import IncarnationBook
 from memora.net.peer_wire import (
     AcceptorHandshake,
     DialerHandshake,
@@ -93,6 +94,8 @@ COUNTERS: Final = (
     # Socket writes of established connections: fewer than frames_sent_total when batching.
     "socket_writes_total",
     "addresses_learned_total",
+    # Handshakes refused because a known peer came back with another incarnation (wiped).
+    "incarnations_refused_total",
 )
 # Hosts a node may listen on that are not addresses another node can dial.
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
@@ -101,6 +104,12 @@ _HOST_BYTES_MAX: Final = 253
 assert _HOST_BYTES_MAX + len("[]:65535") <= constants.peer_address_bytes_max
 # Errors a socket (or the clock) gives a connection, besides typed protocol errors.
 _SOCKET_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.TooSlowError)
+
+
+class ReplacedPeerError(HandshakeError):
+    """A known peer proved the secret with another incarnation: its data directory was wiped."""
+
+    code = "replaced_peer"
 
 
 class ConnectionClosedError(MemoraError):
@@ -122,6 +131,8 @@ class TransportSettings:
     backoff_initial_s: float = 0.05  # Reconnect backoff, doubling with jitter, capped.
     backoff_max_s: float = 1.0
     write_batch_bytes_max: int = 4 * 1024 * 1024  # Frames coalesced into one socket write.
+    # Made with the node's data directory (`read_or_make_incarnation`); random by default.
+    incarnation: bytes = attrs.field(factory=lambda: os.urandom(constants.peer_incarnation_bytes))
 
     def __attrs_post_init__(self) -> None:
         peer_wire.check_secret(self.secret)
@@ -130,6 +141,7 @@ class TransportSettings:
         assert self.connect_timeout_s > 0 and self.handshake_timeout_s > 0, self
         assert 0 < self.backoff_initial_s <= self.backoff_max_s, self
         assert self.write_batch_bytes_max > 0, self
+        assert peer_wire.is_incarnation(self.incarnation), self.incarnation
 
 
 @attrs.define(eq=False)
@@ -224,8 +236,11 @@ class PeerTransport:
         peers: Mapping[int, PeerAddress],
         settings: TransportSettings,
         deliver: Callable[[int, bytes], None],
+        incarnations: IncarnationBook | None = None,
     ) -> None:
-        """`peers` may include this node itself, which is left out of the address book."""
+        """`peers` may include this node itself, which is left out of the address book.
+        `incarnations` remembers each peer's incarnation (in memory only if not given)."""
+        self.incarnations = incarnations if incarnations is not None else IncarnationBook()
         self._node_id = peer_wire.check_node_id(node_id)
         self._listen = _check_address(listen, listen=True)
         self._settings = settings
@@ -311,6 +326,11 @@ class PeerTransport:
         peer.writer = peer.inbound = None
         peer.queue.clear()
         peer.queued_bytes = 0
+
+    def forget_departed(self, members: Collection[int]) -> None:
+        """Forget the incarnations of peers no longer in the configuration (see
+        `IncarnationBook.forget_except`)."""
+        self.incarnations.forget_except(members)
 
     def peers(self) -> dict[int, PeerAddress]:
         return {peer_id: peer.address for peer_id, peer in self._peers.items()}
@@ -404,6 +424,7 @@ class PeerTransport:
             node_id=self._node_id,
             peer_id=peer.peer_id,
             address=self.advertised_address,
+            incarnation=self._settings.incarnation,
             nonce=os.urandom(constants.peer_nonce_bytes),
         )
         decoder = FrameDecoder()
@@ -414,13 +435,25 @@ class PeerTransport:
                 proof, session = handshake.on_accept(await _receive_frame(stream, decoder))
                 if decoder.buffered_bytes:
                     raise HandshakeError("the acceptor sent bytes after its answer")
+                self._admit(session)
                 await stream.send_all(proof)
         except (*_SOCKET_ERRORS, MemoraError) as error:
-            if isinstance(error, PeerWireError):
+            if isinstance(error, PeerWireError) and not isinstance(error, ReplacedPeerError):
                 self._counters["handshakes_rejected_total"] += 1
             self._dial_failed(peer, error)
             return None
         return FrameEncoder(session.send_key)
+
+    def _admit(self, session: peer_wire.Session) -> None:
+        """Refuse (ReplacedPeerError, counted) a known peer that came back wiped."""
+        if not self.incarnations.admit(session.peer_id, session.peer_incarnation):
+            self._counters["incarnations_refused_total"] += 1
+            raise ReplacedPeerError(
+                f"node {session.peer_id} came back with another data directory (wiped?): it has "
+                f"forgotten its votes and log, so it may not rejoin as node {session.peer_id}; "
+                f"remove it (memora cluster remove-node {session.peer_id}) and add it under a "
+                "new id"
+            )
 
     def _dial_failed(self, peer: _Peer, error: BaseException) -> None:
         self._counters["dials_failed_total"] += 1
@@ -497,6 +530,7 @@ class PeerTransport:
             secret=self._settings.secret,
             cluster_id=self._settings.cluster_id,
             node_id=self._node_id,
+            incarnation=self._settings.incarnation,
             nonce=os.urandom(constants.peer_nonce_bytes),
         )
         self._handshakes_pending += 1
@@ -505,7 +539,12 @@ class PeerTransport:
             with trio.fail_after(self._settings.handshake_timeout_s):
                 hello = await _receive_frame(stream, decoder)
                 await stream.send_all(handshake.on_hello(hello))
-                return handshake.on_proof(await _receive_frame(stream, decoder))
+                session = handshake.on_proof(await _receive_frame(stream, decoder))
+                self._admit(session)
+                return session
+        except ReplacedPeerError as error:
+            logger.warning("%s", error.message)
+            return None
         except (*_SOCKET_ERRORS, MemoraError) as error:
             self._counters["handshakes_rejected_total"] += 1
             logger.info("peer handshake rejected: %s", _describe(error))

@@ -17,15 +17,18 @@ replayed, reordered or moved to another connection fails its MAC. The CRC tells 
 from tampering and is checked first.
 
 The handshake is a mutual challenge-response over a shared cluster secret:
-1. the dialer sends Hello{version, cluster_id, sender, receiver, address, nonce_d};
+1. the dialer sends Hello{version, cluster_id, sender, receiver, address, incarnation_d, nonce_d};
 2. the acceptor checks the version, the cluster id and that it is the receiver, and answers
-   Accept{sender, nonce_a, proof_a = HMAC(secret, "accept" | transcript)};
+   Accept{sender, incarnation_a, nonce_a, proof_a = HMAC(secret, "accept" | transcript)};
 3. the dialer checks proof_a and answers Proof{proof_d = HMAC(secret, "dial" | transcript)};
 4. the acceptor checks proof_d.
-The transcript binds the version, the cluster id, both node ids, the dialer's advertised address
-and both nonces, so nothing of one session verifies in another. Each direction's session key is
-derived from the secret and the transcript (an HKDF-style extract and expand with HMAC-SHA256),
-so a key never outlives its connection. Nothing here encrypts: the bodies travel in clear.
+The transcript binds the version, the cluster id, both node ids, the dialer's advertised address,
+both incarnations and both nonces, so nothing of one session verifies in another. An incarnation
+is random bytes a node makes together with its data directory: a node whose directory was wiped
+comes back with another one, which its peers can tell (`memora.net.peer_incarnations`). Each
+direction's session key is derived from the secret and the transcript (an HKDF-style extract and
+expand with HMAC-SHA256), so a key never outlives its connection. Nothing here encrypts: the
+bodies travel in clear.
 """
 
 from __future__ import annotations
@@ -357,14 +360,16 @@ class Hello:
     sender: int
     receiver: int
     address: str  # Where the sender listens, "host:port": how a joining node becomes reachable.
+    incarnation: bytes  # Made with the sender's data directory.
     nonce: bytes
 
 
 @attrs.frozen
 class Accept:
-    """The acceptor's answer: its id, its challenge, and its proof of the secret."""
+    """The acceptor's answer: its id and incarnation, its challenge, its proof of the secret."""
 
     sender: int
+    incarnation: bytes
     nonce: bytes
     proof: bytes
 
@@ -382,6 +387,7 @@ class Session:
 
     peer_id: int
     peer_address: str  # The peer's advertised address (the dialer's; empty on the dialer's side).
+    peer_incarnation: bytes
     send_key: bytes
     receive_key: bytes
 
@@ -422,6 +428,10 @@ def _is_nonce(value: object) -> bool:
     return type(value) is bytes and len(value) == constants.peer_nonce_bytes
 
 
+def is_incarnation(value: object) -> bool:
+    return type(value) is bytes and len(value) == constants.peer_incarnation_bytes
+
+
 def _is_proof(value: object) -> bool:
     return type(value) is bytes and len(value) == _PROOF_BYTES
 
@@ -436,6 +446,7 @@ def decode_hello(payload: bytes) -> Hello:
     _check_field(fields, "cluster_id", type(fields["cluster_id"]) is str)
     _check_field(fields, "sender", is_node_id(fields["sender"]))
     _check_field(fields, "receiver", is_node_id(fields["receiver"]))
+    _check_field(fields, "incarnation", is_incarnation(fields["incarnation"]))
     _check_field(fields, "nonce", _is_nonce(fields["nonce"]))
     try:
         check_cluster_id(fields["cluster_id"])
@@ -452,6 +463,7 @@ def encode_accept(accept: Accept) -> bytes:
 def decode_accept(payload: bytes) -> Accept:
     fields = _message_map(payload, _KIND_ACCEPT, frozenset(attrs.fields_dict(Accept)))
     _check_field(fields, "sender", is_node_id(fields["sender"]))
+    _check_field(fields, "incarnation", is_incarnation(fields["incarnation"]))
     _check_field(fields, "nonce", _is_nonce(fields["nonce"]))
     _check_field(fields, "proof", _is_proof(fields["proof"]))
     return Accept(**fields)
@@ -470,9 +482,10 @@ def decode_proof(payload: bytes) -> Proof:
 # -- Handshake keys -------------------------------------------------------------------------------
 
 
-def transcript(hello: Hello, acceptor_nonce: bytes) -> bytes:
+def transcript(hello: Hello, acceptor_incarnation: bytes, acceptor_nonce: bytes) -> bytes:
     """The bytes both proofs and both session keys are bound to."""
     assert len(acceptor_nonce) == constants.peer_nonce_bytes
+    assert is_incarnation(acceptor_incarnation), acceptor_incarnation
     fields = [
         _LABEL_TRANSCRIPT,
         hello.version,
@@ -480,7 +493,9 @@ def transcript(hello: Hello, acceptor_nonce: bytes) -> bytes:
         hello.sender,
         hello.receiver,
         hello.address,
+        hello.incarnation,
         hello.nonce,
+        acceptor_incarnation,
         acceptor_nonce,
     ]
     # Integers, strings and byte strings have one CBOR encoding each, so this is canonical.
@@ -523,13 +538,16 @@ class DialerHandshake:
         node_id: int,
         peer_id: int,
         address: str,
+        incarnation: bytes,
         nonce: bytes,
     ) -> None:
         assert len(nonce) == constants.peer_nonce_bytes, len(nonce)
+        assert is_incarnation(incarnation), incarnation
         assert node_id != peer_id, node_id
         self._secret = check_secret(secret)
         version = constants.peer_protocol_version
-        self.hello = Hello(version, check_cluster_id(cluster_id), node_id, peer_id, address, nonce)
+        cluster = check_cluster_id(cluster_id)
+        self.hello = Hello(version, cluster, node_id, peer_id, address, incarnation, nonce)
         self._done = False
 
     def hello_frame(self) -> bytes:
@@ -540,21 +558,25 @@ class DialerHandshake:
         accept = decode_accept(payload)
         if accept.sender != self.hello.receiver:
             raise WrongNodeError(f"node {accept.sender} answered, not {self.hello.receiver}")
-        transcript_bytes = transcript(self.hello, accept.nonce)
+        transcript_bytes = transcript(self.hello, accept.incarnation, accept.nonce)
         if not hmac.compare_digest(accept.proof, accept_proof(self._secret, transcript_bytes)):
             raise BadProofError(f"node {accept.sender} does not prove the cluster secret")
         self._done = True
         send_key, receive_key = session_keys(self._secret, transcript_bytes)
         proof = encode_proof(Proof(dial_proof(self._secret, transcript_bytes)))
-        return proof, Session(accept.sender, "", send_key, receive_key)
+        return proof, Session(accept.sender, "", accept.incarnation, send_key, receive_key)
 
 
 class AcceptorHandshake:
     """The acceptor's side: `on_hello(payload)` gives the Accept to send, then
     `on_proof(payload)` gives the session. Raises a HandshakeError on a bad message."""
 
-    def __init__(self, *, secret: bytes, cluster_id: str, node_id: int, nonce: bytes) -> None:
+    def __init__(
+        self, *, secret: bytes, cluster_id: str, node_id: int, incarnation: bytes, nonce: bytes
+    ) -> None:
         assert len(nonce) == constants.peer_nonce_bytes, len(nonce)
+        assert is_incarnation(incarnation), incarnation
+        self._incarnation = incarnation
         self._secret = check_secret(secret)
         self._cluster_id = check_cluster_id(cluster_id)
         self._node_id = check_node_id(node_id)
@@ -580,9 +602,9 @@ class AcceptorHandshake:
         if hello.sender == self._node_id:
             raise WrongNodeError(f"the dialer claims this node's own id {self._node_id}")
         self._hello = hello
-        self._transcript = transcript(hello, self._nonce)
+        self._transcript = transcript(hello, self._incarnation, self._nonce)
         proof = accept_proof(self._secret, self._transcript)
-        return encode_accept(Accept(self._node_id, self._nonce, proof))
+        return encode_accept(Accept(self._node_id, self._incarnation, self._nonce, proof))
 
     def on_proof(self, payload: bytes) -> Session:
         assert self._hello is not None and not self._done, "on_proof follows one on_hello"
@@ -592,4 +614,6 @@ class AcceptorHandshake:
         self._done = True
         dialer_to_acceptor, acceptor_to_dialer = session_keys(self._secret, self._transcript)
         hello = self._hello
-        return Session(hello.sender, hello.address, acceptor_to_dialer, dialer_to_acceptor)
+        return Session(
+            hello.sender, hello.address, hello.incarnation, acceptor_to_dialer, dialer_to_acceptor
+        )

@@ -342,24 +342,20 @@ def replace_a_member(
     cluster.members = [*survivors, new_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a wiped voter restarted with its founding flags founds again with an empty log and "
-    "votes for a member that lacks committed entries (memora/net/driver.py _open_or_bootstrap "
-    "cannot tell a first start from a wiped one); the safe way is remove-node, then a new id",
-)
 def test_a_wiped_voter_restarted_as_a_founder_cannot_lose_an_acknowledged_write(
     cluster: FaultyCluster,
 ) -> None:
     """The operator's mistake the replacement test avoids: node W is wiped and started again
     with the flags it founded the cluster with. A write acknowledged by the leader and W only
-    (the third member cut off) must survive the leader's crash all the same."""
+    (the third member cut off) must survive the leader's crash all the same: W comes back with
+    another incarnation, which the members that knew it refuse, so it cannot vote the lagging
+    member in."""
     cluster.start_all()
     leader = cluster.leader()
     wiped, isolated = others(cluster, leader)
     url = cluster.url(leader)
     assert url is not None
+    cluster.wait_for("the default namespace", partial(namespace_exists, url))
     call(f"{url}/api/v1/nodes", "POST", {"id": 7, "label": "register", "properties": {"v": 0}})
     cut_off = [(isolated, other) for other in others(cluster, isolated)]
     cut_off += [(other, isolated) for other in others(cluster, isolated)]
@@ -375,6 +371,19 @@ def test_a_wiped_voter_restarted_as_a_founder_cannot_lose_an_acknowledged_write(
     assert (
         cluster.wait_for("node 7 is read on the old leader", partial(read_v, cluster, leader)) == 1
     )
+    refused = [
+        call(f"{cluster.url(node)}/api/v1/metrics")["metrics"]["peer_incarnations_refused_total"]
+        for node in (leader, isolated)
+    ]
+    assert sum(refused) > 0, refused
+
+
+def namespace_exists(url: str) -> bool | None:
+    try:
+        call(f"{url}/api/v1/namespaces/default", timeout_s=status_timeout_s)
+    except (urllib.error.URLError, OSError):
+        return None
+    return True
 
 
 def read_v(cluster: FaultyCluster, node_id: int) -> int | None:

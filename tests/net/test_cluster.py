@@ -66,6 +66,9 @@ class MemoryLink:
     def metrics(self) -> dict[str, int]:
         return {"frames_sent_total": 0}
 
+    def forget_departed(self, members: Any) -> None:
+        pass
+
 
 class MemoryHub:
     def __init__(self, root: Path, nursery: trio.Nursery) -> None:

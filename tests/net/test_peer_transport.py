@@ -12,6 +12,7 @@ import os
 import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import attrs
 import pytest
@@ -20,6 +21,7 @@ import trio
 from memora.core import constants
 from memora.core.errors import ValidationError
 from memora.net import peer_wire
+from memora.net.peer_incarnations import IncarnationBook, read_or_make_incarnation
 from memora.net.peer_transport import PeerTransport, TransportSettings
 from memora.net.peer_wire import DialerHandshake, FrameDecoder, FrameEncoder, WeakSecretError
 
@@ -33,6 +35,7 @@ SETTINGS = TransportSettings(
     backoff_max_s=0.05,
 )
 LOOPBACK = "127.0.0.1"
+RAW_INCARNATION = b"r" * constants.peer_incarnation_bytes
 RAW_NODE_ID = 9
 
 
@@ -92,7 +95,10 @@ def connect_all(*nodes: PeerTransport) -> None:
 
 
 async def raw_session(
-    node: PeerTransport, node_id: int = RAW_NODE_ID, advertised: str = f"{LOOPBACK}:1"
+    node: PeerTransport,
+    node_id: int = RAW_NODE_ID,
+    advertised: str = f"{LOOPBACK}:1",
+    incarnation: bytes = RAW_INCARNATION,
 ) -> tuple[trio.SocketStream, FrameEncoder]:
     """A genuine handshake with `node`, made by hand with peer_wire, as peer `node_id`."""
     stream = await trio.open_tcp_stream(LOOPBACK, node.listen_port)
@@ -102,6 +108,7 @@ async def raw_session(
         node_id=node_id,
         peer_id=node._node_id,
         address=advertised,  # By default nothing listens there: the node's dials back fail.
+        incarnation=incarnation,
         nonce=os.urandom(constants.peer_nonce_bytes),
     )
     await stream.send_all(handshake.hello_frame())
@@ -264,6 +271,7 @@ async def truncated_hello_then_close(stream: trio.SocketStream) -> None:
         node_id=RAW_NODE_ID,
         peer_id=1,
         address=f"{LOOPBACK}:1",
+        incarnation=RAW_INCARNATION,
         nonce=os.urandom(constants.peer_nonce_bytes),
     ).hello_frame()
     await stream.send_all(hello[: len(hello) // 2])
@@ -435,6 +443,35 @@ async def test_a_wildcard_host_is_learned_as_the_address_the_peer_dialed_from() 
         await raw_session(node, advertised="0.0.0.0:4567")
         await eventually(lambda: RAW_NODE_ID in node.peers())
         assert node.peers()[RAW_NODE_ID] == (LOOPBACK, 4567)
+
+
+@pytest.mark.trio
+async def test_a_peer_back_with_another_incarnation_is_refused_until_it_departs() -> None:
+    inbox = Inbox()
+    node = transport(1, inbox)
+    async with running(node):
+        first, encoder = await raw_session(node)
+        await first.send_all(encoder.encode(b"before the wipe"))
+        await eventually(lambda: len(inbox.received) == 1)
+        wiped = b"w" * constants.peer_incarnation_bytes
+        second, _ = await raw_session(node, incarnation=wiped)
+        assert await closed_by_peer(second)  # Refused after the handshake: it proved the secret.
+        assert node.metrics()["incarnations_refused_total"] == 1
+        assert node.incarnations.known() == {RAW_NODE_ID: RAW_INCARNATION}
+        node.forget_departed({1})  # Removed from the configuration: its id may come back.
+        third, encoder = await raw_session(node, incarnation=wiped)
+        await third.send_all(encoder.encode(b"added back"))
+        await eventually(lambda: len(inbox.received) == 2)
+    assert inbox.bodies_from(RAW_NODE_ID) == [b"before the wipe", b"added back"]
+
+
+def test_the_incarnation_book_survives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "book.json")
+    book = IncarnationBook(path)
+    assert book.admit(2, RAW_INCARNATION) and book.admit(2, RAW_INCARNATION)
+    reopened = IncarnationBook(path)
+    assert not reopened.admit(2, b"x" * constants.peer_incarnation_bytes)
+    assert read_or_make_incarnation(str(tmp_path)) == read_or_make_incarnation(str(tmp_path))
 
 
 @pytest.mark.trio

@@ -9,6 +9,7 @@ import itertools
 import struct
 import zlib
 
+import attrs
 import cbor2
 import pytest
 from hypothesis import given, settings
@@ -40,6 +41,8 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 NONCE_D = b"d" * constants.peer_nonce_bytes
 NONCE_A = b"a" * constants.peer_nonce_bytes
+DIALER_INCARNATION = b"D" * constants.peer_incarnation_bytes
+ACCEPTOR_INCARNATION = b"A" * constants.peer_incarnation_bytes
 
 
 def dialer(
@@ -56,6 +59,7 @@ def dialer(
         node_id=node_id,
         peer_id=peer_id,
         address="127.0.0.1:7001",
+        incarnation=DIALER_INCARNATION,
         nonce=nonce,
     )
 
@@ -63,7 +67,13 @@ def dialer(
 def acceptor(
     *, secret: bytes = SECRET, cluster_id: str = "prod", node_id: int = 2, nonce: bytes = NONCE_A
 ) -> AcceptorHandshake:
-    return AcceptorHandshake(secret=secret, cluster_id=cluster_id, node_id=node_id, nonce=nonce)
+    return AcceptorHandshake(
+        secret=secret,
+        cluster_id=cluster_id,
+        node_id=node_id,
+        incarnation=ACCEPTOR_INCARNATION,
+        nonce=nonce,
+    )
 
 
 def payload_of(frame: bytes) -> bytes:
@@ -272,13 +282,13 @@ def test_the_acceptor_refuses_a_hello_meant_for_another_node() -> None:
 
 
 def test_the_acceptor_refuses_another_version() -> None:
-    hello = peer_wire.Hello(99, "prod", 1, 2, "127.0.0.1:7001", NONCE_D)
+    hello = peer_wire.Hello(99, "prod", 1, 2, "127.0.0.1:7001", DIALER_INCARNATION, NONCE_D)
     with pytest.raises(VersionError):
         acceptor().on_hello(payload_of(peer_wire.encode_hello(hello)))
 
 
 def test_the_acceptor_refuses_its_own_id_as_sender() -> None:
-    hello = peer_wire.Hello(1, "prod", 2, 2, "127.0.0.1:7001", NONCE_D)
+    hello = peer_wire.Hello(1, "prod", 2, 2, "127.0.0.1:7001", DIALER_INCARNATION, NONCE_D)
     with pytest.raises(WrongNodeError):
         acceptor().on_hello(payload_of(peer_wire.encode_hello(hello)))
 
@@ -297,7 +307,7 @@ def test_a_dialer_without_the_secret_is_caught_by_the_acceptor() -> None:
     impostor = dialer(secret=b"another secret of 16+ bytes")
     accepting.on_hello(payload_of(impostor.hello_frame()))
     # The impostor cannot verify the Accept; a proof made with its own secret fails.
-    transcript = peer_wire.transcript(impostor.hello, NONCE_A)
+    transcript = peer_wire.transcript(impostor.hello, ACCEPTOR_INCARNATION, NONCE_A)
     forged = peer_wire.dial_proof(b"another secret of 16+ bytes", transcript)
     with pytest.raises(BadProofError):
         accepting.on_proof(payload_of(peer_wire.encode_proof(peer_wire.Proof(forged))))
@@ -423,3 +433,17 @@ def test_addresses_round_trip(host: str, port: int) -> None:
 def test_malformed_addresses_are_refused(text: str) -> None:
     with pytest.raises(ValidationError):
         peer_wire.parse_address(text)
+
+
+def test_both_sides_learn_the_other_incarnation_bound_by_the_proofs() -> None:
+    dialing, accepting = dialer(), acceptor()
+    accept = accepting.on_hello(payload_of(dialing.hello_frame()))
+    proof, dialer_session = dialing.on_accept(payload_of(accept))
+    acceptor_session = accepting.on_proof(payload_of(proof))
+    assert dialer_session.peer_incarnation == ACCEPTOR_INCARNATION
+    assert acceptor_session.peer_incarnation == DIALER_INCARNATION
+    # An Accept whose incarnation was changed on the way no longer carries a valid proof.
+    forged = peer_wire.decode_accept(payload_of(accept))
+    tampered = peer_wire.encode_accept(attrs.evolve(forged, incarnation=DIALER_INCARNATION))
+    with pytest.raises(peer_wire.BadProofError):
+        dialer().on_accept(payload_of(tampered))
