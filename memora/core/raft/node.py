@@ -204,7 +204,9 @@ class RaftNode:
     pre-vote (it answers with a refusal, counted in `recovering_vote_refused`) and never
     campaigns (election timeout, `campaign()`, TimeoutNow: counted in
     `recovering_campaign_skipped`). It still takes appends, heartbeats and snapshots from a
-    leader and acknowledges them as usual.
+    leader and acknowledges them as usual. A leader that counted the lost entries as matched
+    learns otherwise when the node rejects a probe at that match, and forgets the match
+    (`Progress.maybe_decrement_to`), so it catches the node up like any other.
 
     Why this is safe: a committed entry it acknowledged may now live on less than a quorum, so
     a vote from it could elect a leader that lacks that entry; abstaining from a vote is always

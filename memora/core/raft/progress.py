@@ -178,6 +178,13 @@ class Progress:
             return True
         if self.state is ProgressState.SNAPSHOT or self.next - 1 != rejected:
             return False
+        if rejected == self.match:
+            # The peer acknowledged `rejected` and now lacks it: its disk lost entries it had
+            # made durable (it restarted in recovering mode), or this is a duplicate of a
+            # rejection older than its acknowledgment. Forget the match either way, as it can
+            # no longer be trusted: probing from the hint finds the true one (or the old one
+            # again, for the price of a round trip). Keeping it would probe `rejected` forever.
+            self.match = 0
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True
