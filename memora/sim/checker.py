@@ -2,6 +2,8 @@
 
 Safety (Raft's five properties and then some):
 - election safety: at most one leader per term;
+- vote safety, which election safety rests on: a node grants its vote to at most one candidate
+  per term, across restarts too (it must persist the vote before the grant leaves);
 - log matching: an (index, term) pair always names the same data, after the same previous term,
   and at the end every two logs agree up to their common point;
 - leader completeness: a new leader's log holds every entry committed before it;
@@ -29,7 +31,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from memora.core.raft import Configuration, EntryKind, HardState, LogEntry, Ready, Role
+from memora.core.raft import (
+    Configuration,
+    EntryKind,
+    HardState,
+    LogEntry,
+    Ready,
+    Role,
+    VoteResponse,
+)
 from memora.core.replica import Replica
 from memora.core.types import Applied, Rejected, Result
 from memora.sim.protocol import Query, run_query
@@ -116,6 +126,7 @@ class Checker:
         self._reference_hashes: dict[int, str] = {0: self.reference.state_hash()}
         self.chain_hash = b"\0" * 16
         self._leaders: dict[int, int] = {}
+        self._votes: dict[tuple[int, int], int] = {}  # (voter, term) -> the candidate granted.
         self._pairs: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> facts.
         self._saved: dict[tuple[int, int], bytes] = {}  # (index, term) -> digest, as written.
         self._live_nodes: dict[int, SimNode] = {}
@@ -176,6 +187,19 @@ class Checker:
 
     def on_crash(self, node: SimNode) -> None:
         self._seen.pop(node.node_id, None)
+
+    def on_vote_granted(self, node: SimNode, response: VoteResponse) -> None:
+        """A node sends a granted (real, not pre-) vote: the first candidate it granted in that
+        term must be this one (Raft section 5.2: at most one vote per term)."""
+        assert response.granted and not response.pre_vote, response
+        key = (node.node_id, response.term)
+        granted = self._votes.setdefault(key, response.target)
+        if granted != response.target:
+            raise Violation(
+                "vote_safety",
+                f"node {node.node_id} granted its vote in term {response.term} to node "
+                f"{granted} and then to node {response.target}",
+            )
 
     def on_propose(self, data: bytes) -> None:
         self._proposed.add(_digest(data))

@@ -106,7 +106,7 @@ class SimNode:
         self._pending_reads: dict[int, tuple[int, ReadRequest]] = {}
         self._safe_reads: dict[int, int] = {}  # Read id -> the index its answer awaits.
         self._next_read_id = 1
-        self._leader = False
+        self._led_term = 0  # The last term this life has been seen to lead (0: none).
         self.world.checker.on_start(self)
         self._schedule_tick()
         self.pump()
@@ -223,23 +223,38 @@ class SimNode:
             self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
             self.world.checker.on_save(ready.entries)
             self.saving = True
-            self._await_sync(ready)
+            self._await_sync(ready, self._first_as_leader(ready) and self.world.on_elected(self))
             return
 
-    def _await_sync(self, ready: Ready) -> None:
+    def _first_as_leader(self, ready: Ready) -> bool:
+        """Whether `ready` is this life's first as leader of its term (it holds the no-op)."""
+        soft_state = ready.soft_state
+        if soft_state.role is not Role.LEADER or soft_state.term == self._led_term:
+            return False
+        self._led_term = soft_state.term
+        return True
+
+    def _await_sync(self, ready: Ready, die_before_sending: bool) -> None:
         incarnation = self.incarnation
         delay = self.world.disk_latency_us()
-        self.world.loop.after(delay, lambda: self._on_synced(incarnation, ready))
+        self.world.loop.after(
+            delay, lambda: self._on_synced(incarnation, ready, die_before_sending)
+        )
 
-    def _on_synced(self, incarnation: int, ready: Ready) -> None:
+    def _on_synced(self, incarnation: int, ready: Ready, die_before_sending: bool) -> None:
+        """The save of `ready` is durable. The process may die right here, killed between its
+        fsync and its sends (`die_before_sending`): what it persisted then exists on its disk
+        alone."""
         if not self._live(incarnation):
             return
         if self.paused:
-            self._deferred.append(lambda: self._on_synced(incarnation, ready))
+            self._deferred.append(lambda: self._on_synced(incarnation, ready, die_before_sending))
             return
         self.disk.complete_sync()
         self.saving = False
         self.world.checker.on_durable(self, ready)
+        if die_before_sending and self.world.crash_before_sending(self):
+            return
         self._finish(ready)
         self.pump()
 
@@ -248,6 +263,7 @@ class SimNode:
         for message in ready.messages:
             send(self.node_id, message.target, message)
             if isinstance(message, VoteResponse) and message.granted and not message.pre_vote:
+                self.world.checker.on_vote_granted(self, message)
                 self.world.on_vote_granted(self)
         if ready.snapshot is not None:
             bugs = self.world.params.bugs
@@ -261,12 +277,8 @@ class SimNode:
             # A duplicated ReadIndex response may release the same read twice: keep the first.
             if read.request_id in self._pending_reads:
                 self._safe_reads.setdefault(read.request_id, read.index)
-        was_leader = self._leader
-        self._leader = self.raft.role is Role.LEADER
         self.raft.advance(ready)
         self.world.checker.after_ready(self)
-        if self._leader and not was_leader:
-            self.world.on_elected(self)
         self._serve_reads()
         self._maybe_compact()
 

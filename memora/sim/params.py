@@ -57,7 +57,9 @@ class RaftParams:
 class ProcessParams:
     crash_per_second: float
     leader_crash_per_second: float  # Leaders die more: elections with uncommitted tails.
-    new_leader_crash: float  # Chance a new leader dies within ms: short terms, divergent tails.
+    # Chance a new leader dies within ms (half of them before sending anything, their no-op on
+    # their disk alone): short terms, divergent uncommitted tails, Raft's Figure 8.
+    new_leader_crash: float
     crash_pending_factor: float  # Crashes are this much likelier while a sync is pending.
     vote_crash: float  # Chance a node dies just after granting a vote, back within a few ms.
     restart_min_us: int

@@ -5,8 +5,10 @@
    partitions, clogs, corrupts, jumps clocks, restarts the whole cluster, changes membership,
    transfers leadership, and nodes compact their logs.
 3. Liveness: a random core of at least a quorum of voters is healed (restarted, resumed, its
-   paths made reliable) and faults stop. Within `params.liveness_ticks` ticks every open client
-   operation must complete, and every core node must apply the leader's whole log.
+   paths made reliable) and faults stop. A node recovering from a disk that lost entries it had
+   acknowledged refuses votes, so the core grows until its other voters hold a quorum. Within
+   `params.liveness_ticks` ticks every open client operation must complete, and every core node
+   must apply the leader's whole log.
 
 Every event is folded into `trace_hash`, so two runs of one seed can be compared exactly.
 """
@@ -43,6 +45,7 @@ from memora.sim.workload import Client, Operation, setup_commands
 FAULT_STEP_US = 100 * MS
 SETUP_LIMIT_US = 30 * SECOND
 OPERATOR_RETRY_US = 200 * MS
+NEW_LEADER_SILENT_DEATH_FRACTION = 0.5  # Of new leaders that die soon: before sending a thing.
 NEW_NODE_ID_BASE = 100
 
 
@@ -204,6 +207,17 @@ class World:
         for client in self.clients.values():
             client.stop()
         core = self._choose_core()
+        self._heal(core)
+        while (voter := self._voter_to_add(core)) is not None:
+            core = sorted([*core, voter])
+            self._heal(core)
+        deadline = self.loop.now_us + self.params.liveness_ticks * TICK_US
+        if not self.loop.run_until(deadline, self._converged):
+            raise LivenessFailure(self._stuck(core))
+
+    def _heal(self, core: list[int]) -> None:
+        """Make `core` the healed core: reliable paths among it, cut off from the rest, every
+        core node up and running."""
         self._core = core
         self.trace(f"heal:{core}")
         others = [node_id for node_id in self.nodes if node_id not in core]
@@ -214,18 +228,18 @@ class World:
                 node.restart()
             elif node.paused:
                 node.resume(0)
-        deadline = self.loop.now_us + self.params.liveness_ticks * TICK_US
-        if not self.loop.run_until(deadline, self._converged):
-            raise LivenessFailure(self._stuck(core))
 
-    def _choose_core(self) -> list[int]:
-        """A random set of voters that holds a quorum of every configuration some live node
-        is using (a configuration change may be half-way through: the committed one and the
-        newer one both decide elections somewhere)."""
-        configurations = sorted(
+    def _configurations_in_use(self) -> list[Configuration]:
+        """Every configuration some live node is using (a configuration change may be half-way
+        through: the committed one and the newer one both decide elections somewhere)."""
+        return sorted(
             {node.raft.configuration for node in self.nodes.values() if not node.retired},
             key=lambda configuration: configuration.voters,
         )
+
+    def _choose_core(self) -> list[int]:
+        """A random set of voters that holds a quorum of every configuration in use."""
+        configurations = self._configurations_in_use()
         draw = self._fault_random
         core: set[int] = set()
         for configuration in configurations:
@@ -239,6 +253,23 @@ class World:
         )
         core.update(draw.sample(spare, draw.randint(0, len(spare))))
         return sorted(core)
+
+    def _voter_to_add(self, core: list[int]) -> int | None:
+        """A voter to add to the healed core if its voters that can vote fall short of a quorum
+        of some configuration in use, else None. A node whose disk lost entries it had
+        acknowledged refuses every vote until a leader has caught it up (Raft's recovering
+        mode), so a core that needs its vote could never elect anyone."""
+        for configuration in self._configurations_in_use():
+            voters = [voter for voter in configuration.voters if not self.nodes[voter].retired]
+            able = [
+                voter
+                for voter in voters
+                if voter in core and self.nodes[voter].raft.recovering_to is None
+            ]
+            spare = [voter for voter in voters if voter not in core]
+            if len(able) < configuration.quorum() and spare:
+                return self._fault_random.choice(spare)
+        return None
 
     def _converged(self) -> bool:
         if any(not client.idle() for client in self.clients.values()):
@@ -360,11 +391,12 @@ class World:
     def _crash_later(
         self, node: SimNode, delay_us: int, kind: str, restart_us: tuple[int, int] | None = None
     ) -> None:
-        """`_crash` after `delay_us`, unless the node has died or restarted meanwhile."""
+        """`_crash` after `delay_us`, unless the node has died or restarted meanwhile, or the
+        faults are over (a healed node that crashed would never be restarted)."""
         incarnation = node.incarnation
 
         def crash() -> None:
-            if node.up and node.incarnation == incarnation:
+            if self._faulting and node.up and node.incarnation == incarnation:
                 self._crash(node, kind=kind, restart_us=restart_us)
 
         self.loop.after(delay_us, crash)
@@ -375,15 +407,28 @@ class World:
             node.restart()
             self.network.replay_recent(node.node_id)
 
-    def on_elected(self, node: SimNode) -> None:
-        """A node just became leader: sometimes it dies within a few ms, having appended (and
-        perhaps replicated part of) its first entries. Runs of such short terms leave divergent
-        uncommitted tails, the ground of Raft's Figure 8."""
-        if not self._faulting or not self._fault_random.chance(
-            self.params.process.new_leader_crash
-        ):
-            return
-        self._crash_later(node, self._fault_random.randint(100, 30 * MS), "crash")
+    def on_elected(self, node: SimNode) -> bool:
+        """A node just became leader and is saving its no-op: sometimes it dies soon. Half of
+        those die the moment that save is durable, before any message leaves (killed between
+        fsync and send): the no-op of their term is on their disk alone, as in Figure 8 of the
+        Raft paper, where S5 is elected, appends an entry and crashes before replicating it.
+        The others die within a few ms, having replicated part of their first entries. Runs of
+        such short terms leave divergent uncommitted tails, the ground of Figure 8. Returns
+        whether the node is to die before sending."""
+        draw = self._fault_random
+        if not self._faulting or not draw.chance(self.params.process.new_leader_crash):
+            return False
+        if draw.chance(NEW_LEADER_SILENT_DEATH_FRACTION):
+            return True
+        self._crash_later(node, draw.randint(100, 30 * MS), "crash")
+        return False
+
+    def crash_before_sending(self, node: SimNode) -> bool:
+        """`on_elected` chose this death; it happens unless the faults are over meanwhile."""
+        if not self._faulting:
+            return False
+        self._crash(node, kind="new_leader_silent_crash")
+        return True
 
     def on_vote_granted(self, node: SimNode) -> None:
         """A node just granted a vote: sometimes it dies at once and is back within a few ms,
