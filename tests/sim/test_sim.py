@@ -48,10 +48,21 @@ def test_fresh_seed_passes(seed: int) -> None:
 # the simulator catches each planted bug; the test re-checks that it still does, and that the
 # same seed passes without the bug, so the catch is the bug's doing.
 CAUGHT_AT = {
-    InjectedBug.SESSION_DEDUP_OFF: 0,
-    InjectedBug.NO_TRUNCATE_CONFLICT: 5,
-    InjectedBug.STALE_LEADER_READS: 24,
+    InjectedBug.SESSION_DEDUP_OFF: 0,  # reply_mismatch
+    InjectedBug.NO_TRUNCATE_CONFLICT: 5,  # log_matching
+    InjectedBug.STALE_LEADER_READS: 24,  # linearizability
+    InjectedBug.VOTE_NOT_PERSISTED: 41,  # vote_safety
+    InjectedBug.SNAPSHOT_KEEPS_LOG: 58,  # log_matching
+    InjectedBug.COMMIT_EARLIER_TERM: 93,  # commit_safety
 }
+
+
+BUG_SEEDS_MAX = 200
+
+
+def test_every_planted_bug_is_caught_within_the_first_seeds() -> None:
+    assert set(CAUGHT_AT) == set(InjectedBug)
+    assert all(0 <= seed < BUG_SEEDS_MAX for seed in CAUGHT_AT.values())
 
 
 @pytest.mark.parametrize(("bug", "seed"), CAUGHT_AT.items(), ids=lambda value: str(value))
