@@ -27,7 +27,8 @@ _ERROR_DESCRIPTIONS: Final = {
     "missing or unknown field, malformed JSON (code invalid or bad_encoding); `field` names it.",
     401: "No bearer token, or an unknown one (code unauthenticated).",
     403: "The token's role or namespaces do not cover this request (code forbidden).",
-    404: "A record or namespace that does not exist (code not_found).",
+    404: "A record or namespace that does not exist, or a path that names no resource (code "
+    "not_found).",
     409: "A duplicate id or unique name, or a superseded client sequence (code conflict); a "
     "membership change that does not fit the configuration (invalid_configuration_change) or "
     "is asked of a node running alone (not_clustered).",
@@ -52,8 +53,9 @@ def error_statuses(endpoint: Endpoint) -> tuple[int, ...]:
         statuses.add(413)
     if endpoint.role is not None:
         statuses |= {401, 403}
-    if endpoint.tenancy is not Tenancy.NODE or endpoint.writes:
-        statuses.add(404)
+    in_path = any(parameter.location == "path" for parameter in endpoint.parameters)
+    if endpoint.tenancy is not Tenancy.NODE or endpoint.writes or in_path:
+        statuses.add(404)  # A path segment that does not route is not found, too.
     if endpoint.writes or endpoint.conflicts:
         statuses.add(409)
     return tuple(sorted(statuses))
