@@ -463,12 +463,16 @@ class NodeDriver:
 
     async def _create_default_namespace_when_leader(self) -> None:
         """A member of a cluster starts without a leader: whichever node leads first creates
-        the default namespace (a second leader's attempt is refused as a duplicate, harmlessly)."""
+        the default namespace (a second leader's attempt is refused as a duplicate, harmlessly).
+        It looks again whenever the replica applies an entry (a new leader's no-op is one), so
+        the namespace follows the first election at once, and at least every poll interval."""
         while self._default_namespace not in self.replica.machine.namespaces:
             if self._raft.role is Role.LEADER and self._lifecycle is _Lifecycle.SERVING:
                 with contextlib.suppress(MemoraError):
                     await self._create_default_namespace()
-            await trio.sleep(_DEFAULT_NAMESPACE_POLL_S)
+                    return
+            with trio.move_on_after(_DEFAULT_NAMESPACE_POLL_S):
+                await self._applied.wait()
 
     async def _drain(self) -> None:
         with trio.move_on_after(self._limits.drain_timeout_s):
