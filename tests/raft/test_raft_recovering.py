@@ -30,6 +30,7 @@ from memora.core.raft import (
     VoteRequest,
     VoteResponse,
 )
+from memora.core.raft.progress import Inflights, Progress
 
 ELECTION_TICKS = constants.election_timeout_ticks_max
 VOTERS = (1, 2, 3)
@@ -199,3 +200,21 @@ def test_a_node_whose_commit_already_covers_recovering_to_is_not_recovering() ->
     assert recovering_node(2, terms=(1, 1, 1), commit=2).recovering_to is None
     assert recovering_node(3, terms=(1, 1, 1), commit=2).recovering_to == 3
     assert recovering_node(None).recovering_to is None
+
+
+# -- The leader's view of a peer that lost entries. -----------------------------------------------
+
+
+def test_a_probe_rejected_at_the_peers_acknowledged_index_forgets_that_match() -> None:
+    """A peer that acknowledged index 5 and then lost it (it restarted recovering) rejects the
+    probe at 5. Keeping match 5 would hold `next` at 6 and probe 5 forever; the leader forgets
+    the match and probes from the peer's hint."""
+    progress = Progress(6, is_learner=False, inflights=Inflights(4, 1024))
+    assert progress.maybe_update(5) and progress.match == 5
+    progress.become_probe()
+    assert progress.next == 6
+    assert progress.maybe_decrement_to(rejected=5, match_hint=2)
+    assert (progress.match, progress.next) == (0, 3)
+    # A rejection of an older probe than the one in flight is stale and changes nothing.
+    assert not progress.maybe_decrement_to(rejected=5, match_hint=1)
+    assert (progress.match, progress.next) == (0, 3)
