@@ -69,11 +69,19 @@ from memora.api.settings import ALL_NAMESPACES, ApiSettings, Role, TokenGrant
 from memora.core import constants, validate
 from memora.core.errors import MemoraError
 from memora.net import peer_wire
-from memora.net.cluster import ClusterNode, PeerAddress, RaftOutbox, format_address, parse_peers
+from memora.net.cluster import (
+    ClusterNode,
+    PeerAddress,
+    RaftOutbox,
+    is_host,
+    is_ip_address,
+    parse_peers,
+)
 from memora.net.driver import NodeDriver
 from memora.net.peer_incarnations import BOOK_FILE as INCARNATION_BOOK_FILE
 from memora.net.peer_incarnations import IncarnationBook, read_or_make_incarnation
 from memora.net.peer_transport import PeerTransport, TransportSettings
+from memora.net.peer_wire import format_address
 from memora.net.raft_storage import RaftStorageError
 
 EXIT_CONFIG_ERROR: Final = 2
@@ -112,9 +120,6 @@ REQUEST_TIMEOUT_S_MAX: Final = 3600.0
 # The soft limit on open files is raised to this when the hard limit is unlimited.
 OPEN_FILES_UNLIMITED_SOFT: Final = 65_536
 _TOKEN_PATTERN: Final = re.compile(r"[\x21-\x7e]+")  # Visible ASCII: safe in an HTTP header.
-_HOSTNAME_PATTERN: Final = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 _PREFIX: Final = "memora serve:"
 
 
@@ -334,23 +339,13 @@ def _namespace(value: object, key: str) -> str:
 
 
 def _host(value: object) -> str:
-    if not isinstance(value, str) or not (
-        _is_ip_address(value) or _HOSTNAME_PATTERN.fullmatch(value)
-    ):
+    if not isinstance(value, str) or not is_host(value):
         raise ConfigError("host", f"must be an IP address or a host name, not {value!r}")
     return value
 
 
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_loopback(host: str) -> bool:
-    return host == "localhost" or (_is_ip_address(host) and ipaddress.ip_address(host).is_loopback)
+    return host == "localhost" or (is_ip_address(host) and ipaddress.ip_address(host).is_loopback)
 
 
 def _data_dir(value: object) -> str:
@@ -611,11 +606,11 @@ def _link_line(config: ServeConfig, link: PeerTransport) -> str:
     assert cluster is not None
     host, _ = cluster.listen
     peers = cluster.peers.items()
-    members = ",".join(f"{node}={format_address(address)}" for node, address in peers)
+    members = ",".join(f"{node}={format_address(*address)}" for node, address in peers)
     joining = "; joining: waits to be added" if cluster.join else ""
     return (
         f"cluster {cluster.cluster_id!r}: node {cluster.node_id}, peer links on "
-        f"{format_address((host, link.listen_port))}, founding members {members}{joining}"
+        f"{format_address(host, link.listen_port)}, founding members {members}{joining}"
     )
 
 

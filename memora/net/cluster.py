@@ -32,11 +32,10 @@ address from the address given here, and from the node itself when it dials in.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import ipaddress
 import re
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
@@ -55,8 +54,9 @@ from memora.core.raft import (
 )
 from memora.core.replica import Replica
 from memora.core.types import Applied, Proposal, Rejected
-from memora.net.driver import NodeDriver, cluster_status_of
+from memora.net.driver import NodeDriver, cluster_status_of, deadline
 from memora.net.node_api import Consistency, NotLeaderError, UnavailableError, WriteOutcome
+from memora.net.peer_wire import check_node_id
 
 PeerAddress = tuple[str, int]
 
@@ -68,7 +68,9 @@ _REPLY_POLL_S: Final = 0.05
 # How often the links are told which peers left the configuration (their incarnations go).
 _DEPARTED_POLL_S: Final = 1.0
 _PORT_MAX: Final = 65535
-_HOST_PATTERN: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_HOSTNAME_PATTERN: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 # Counted from the start (at 0), so every scrape has each name.
 COUNTERS: Final = (
     "peer_frames_undecodable_total",
@@ -138,18 +140,13 @@ def parse_address(text: str, field: str = "address") -> PeerAddress:
     host, separator, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        if not _is_ip(host):
+        if not is_ip_address(host):
             raise ValidationError(f"{text!r} holds no IPv6 address in brackets", field)
-    if not separator or not host or not (_is_ip(host) or _HOST_PATTERN.fullmatch(host)):
+    if not separator or not is_host(host):
         raise ValidationError(f"{text!r} is not host:port", field)
     if not port_text.isdigit() or not 1 <= int(port_text) <= _PORT_MAX:
         raise ValidationError(f"{text!r} has no port from 1 to {_PORT_MAX}", field)
     return host, int(port_text)
-
-
-def format_address(address: PeerAddress) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_peers(text: str, field: str = "peers") -> dict[int, PeerAddress]:
@@ -168,16 +165,14 @@ def parse_peers(text: str, field: str = "peers") -> dict[int, PeerAddress]:
     return peers
 
 
-def check_node_id(node_id: object, field: str = "node_id") -> int:
-    low, high = constants.raft_node_id_min, constants.raft_node_id_max
-    if type(node_id) is not int or not low <= node_id <= high:
-        raise ValidationError(f"a node id is an integer from {low} to {high}", field)
-    return node_id
+def is_host(text: str) -> bool:
+    """An IP address, or a DNS name of labels of letters, digits and inner hyphens."""
+    return is_ip_address(text) or _HOSTNAME_PATTERN.fullmatch(text) is not None
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_address(text: str) -> bool:
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(text)
     except ValueError:
         return False
     return True
@@ -384,7 +379,7 @@ class ClusterNode:
     ) -> Applied:
         """Run `here` if this node leads, else call the leader; follow NOT_LEADER answers to the
         next leader until `timeout_s`. Anything else (a refusal, a lost reply) is final."""
-        with _deadline(timeout_s, f"{method.value} at the leader"):
+        with deadline(timeout_s, f"{method.value} at the leader", "the outcome is unknown"):
             hint: int | None = None
             while True:
                 leader = hint if hint is not None else await self._known_leader()
@@ -451,7 +446,7 @@ class ClusterNode:
     ) -> Replica:
         """See `NodeApi.read_barrier`. A read that lost its leader (an election while it waited)
         is asked again; reads change nothing, so that is always safe."""
-        with _deadline(self._limits.read_timeout_s, "the read"):
+        with deadline(self._limits.read_timeout_s, "the read"):
             while True:
                 if consistency is not Consistency.FOLLOWER:
                     await self._known_leader()
@@ -593,14 +588,3 @@ def _reply_outcome(leader: int, call: _PendingCall) -> Applied:
         assert isinstance(result.error, MemoraError), result.error
         raise result.error
     raise UnavailableError(f"node {leader} answered with a malformed reply")
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float, what: str) -> Iterator[None]:
-    try:
-        with trio.fail_after(seconds):
-            yield
-    except trio.TooSlowError:
-        raise UnavailableError(
-            f"{what} did not complete within {seconds:g} s; the outcome is unknown"
-        ) from None

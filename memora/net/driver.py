@@ -259,13 +259,15 @@ def resolve_write(writes: Waiters, entry: LogEntry, result: Result | None) -> No
 
 
 @contextlib.contextmanager
-def _deadline(seconds: float, what: str) -> Iterator[None]:
-    """Turn the deadline of one call into the UnavailableError its caller expects."""
+def deadline(seconds: float, what: str, consequence: str = "") -> Iterator[None]:
+    """Turn the deadline of one call into the UnavailableError its caller expects; the message
+    ends with `consequence`, if given."""
     try:
         with trio.fail_after(seconds):
             yield
     except trio.TooSlowError:
-        raise UnavailableError(f"{what} did not complete within {seconds:g} s") from None
+        message = f"{what} did not complete within {seconds:g} s"
+        raise UnavailableError(message + (f"; {consequence}" if consequence else "")) from None
 
 
 class NodeDriver:
@@ -525,7 +527,7 @@ class NodeDriver:
         with self._counted_in_flight():
             index, waiter = self._propose(data)
             try:
-                with _deadline(self._limits.write_timeout_s, f"the write at log index {index}"):
+                with deadline(self._limits.write_timeout_s, f"the write at log index {index}"):
                     await waiter.done.wait()
             finally:
                 self._writes.discard(index, waiter)
@@ -567,7 +569,7 @@ class NodeDriver:
             self._kick()
             waiter = self._writes.add(index, self._raft.term)
             try:
-                with _deadline(self._limits.write_timeout_s, f"the change at log index {index}"):
+                with deadline(self._limits.write_timeout_s, f"the change at log index {index}"):
                     await waiter.done.wait()
             finally:
                 self._writes.discard(index, waiter)
@@ -583,7 +585,7 @@ class NodeDriver:
             except RaftNotLeaderError as error:
                 raise _not_leader(error.leader_hint) from None
             self._kick()
-            with _deadline(self._limits.write_timeout_s, f"the transfer to node {node_id}"):
+            with deadline(self._limits.write_timeout_s, f"the transfer to node {node_id}"):
                 while self._raft.leader_id != node_id:
                     await trio.sleep(_LEADER_POLL_S)
 
@@ -601,7 +603,7 @@ class NodeDriver:
         ):
             raise ValidationError("min_commit_index must be an integer >= 0", "min_commit_index")
         try:
-            with self._counted_in_flight(), _deadline(self._limits.read_timeout_s, "the read"):
+            with self._counted_in_flight(), deadline(self._limits.read_timeout_s, "the read"):
                 index = min_commit_index or 0
                 if consistency is not Consistency.FOLLOWER:
                     lease = consistency is Consistency.LEASE
