@@ -23,6 +23,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Final, TextIO
 
+from memora.text_table import aligned_lines
+
 DEFAULT_SERVER: Final = "http://127.0.0.1:8080"
 TOKEN_VARIABLE: Final = "MEMORA_TOKEN"
 EXIT_FAILED: Final = 1
@@ -141,11 +143,9 @@ def print_status(status: Mapping[str, Any], out: TextIO) -> None:
     )
     print(f"voters {status['voters']}, learners {status['learners']}", file=out)
     columns = ("node", "role", "address", "link", "lag", "last heard")
-    rows = [columns] + [_peer_row(peer, leader) for peer in status["peers"]]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(columns))]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print("  ".join(cells).rstrip(), file=out)
+    rows = [_peer_row(peer, leader) for peer in status["peers"]]
+    for line in aligned_lines(columns, rows):
+        print(line, file=out)
 
 
 def _peer_row(peer: Mapping[str, Any], leader: int | None) -> tuple[str, ...]:

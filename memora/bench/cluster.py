@@ -46,6 +46,7 @@ from memora.core.types import InsertNode, Proposal
 from memora.net.cluster import ClusterNode, RaftOutbox
 from memora.net.driver import NodeDriver
 from memora.net.peer_transport import PeerTransport, TransportSettings
+from memora.text_table import aligned_lines
 
 SECRET: Final = os.urandom(32).hex()
 CLUSTER_ID: Final = "memora-bench"
@@ -280,11 +281,8 @@ def table_rows(metrics: dict[str, Any], config: Config) -> Iterator[tuple[str, .
 
 def write_table(metrics: dict[str, Any], config: Config, out: TextIO) -> None:
     headers = ("writers", "Memora", "p50 / p99", "PySyncObj", "p50 / p99", "ratio")
-    rows = [headers, *table_rows(metrics, config)]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(headers))]
-    for row in [rows[0], tuple("-" * width for width in widths), *rows[1:]]:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        out.write("  ".join(cells).rstrip() + "\n")
+    for line in aligned_lines(headers, list(table_rows(metrics, config)), rule=True):
+        out.write(line + "\n")
     out.write(f"\nMemora: {metrics['memora']['mode']}.\n")
     peer = metrics["pysyncobj"]
     out.write("PySyncObj: " + peer.get("mode", f"skipped: {peer.get('skipped')}") + "\n")

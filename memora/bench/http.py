@@ -56,6 +56,7 @@ from memora.bench import data
 from memora.bench.core import Progress
 from memora.bench.raft import latency_summary, machine_info
 from memora.core import constants
+from memora.text_table import aligned_lines
 
 LOOPBACK_HOST: Final = "127.0.0.1"
 REPOSITORY: Final = Path(__file__).resolve().parents[2]
@@ -547,12 +548,8 @@ def write_table(
         "server CPU/req",
         "client CPU/req",
     )
-    widths = [max(len(line[i]) for line in [headers, *rows]) for i in range(len(headers))]
-    for line in [headers, tuple("-" * width for width in widths), *rows]:
-        out.write(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-            + "\n"
-        )
+    for line in aligned_lines(headers, rows, rule=True):
+        out.write(line + "\n")
     out.write(
         f"\nServer: python -m memora serve, one node, fsync on, {metrics['load_nodes_per_s']:,.0f} "
         "nodes/s loaded by batch. Client: this process, trio + h11, one keep-alive connection per "

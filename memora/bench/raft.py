@@ -59,6 +59,7 @@ from memora.core.raft import (
     encode_value,
 )
 from memora.net.raft_storage import FileStorage
+from memora.text_table import aligned_lines
 
 NODE_IDS = (1, 2, 3)
 election_deadline_s = 10.0
@@ -549,12 +550,8 @@ def write_table(rows: list[tuple[str, ...]], metrics: dict[str, Any], out: TextI
         "p99",
         "ratio",
     )
-    widths = [max(len(line[i]) for line in [headers, *rows]) for i in range(len(headers))]
-    for line in [headers, tuple("-" * width for width in widths), *rows]:
-        out.write(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-            + "\n"
-        )
+    for line in aligned_lines(headers, rows, rule=True):
+        out.write(line + "\n")
     out.write(
         f"\nMemora: 3 RaftNodes in one process, {metrics['memora']['storage']}; "
         f"{metrics['memora']['transport']}; state machine {metrics['memora']['state_machine']}.\n"
