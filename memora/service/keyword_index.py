@@ -1,0 +1,330 @@
+"""A BM25 keyword index over the entity documents of one namespace, kept up to date incrementally.
+
+What lives here: the tokeniser (`tokens`) and `KeywordIndex`, the keyword part of `memory_search`'s
+ranking. What must not: I/O, trio, clocks or randomness. The index runs synchronously on the trio
+thread right after a read barrier, so `refresh` must be cheap when little has changed.
+
+The document of a node is its name (if any), its label, its text (if any) and the texts of its live
+observations, as one bag of words. A deleted node has no document. Every live node counts as a
+document, even one whose words are all stop words.
+
+Tokens: the text is NFKC-normalised and case-folded, then split into runs of letters and digits
+(`[^\\W_]+`: Unicode `\\w` without the underscore, so `snake_case` names match their parts). Words
+in a small stop list (Lucene's classic English set) are dropped, and a word longer than three
+letters loses a trailing plural "s" unless it ends in "ss", "us" or "is" ("cats" -> "cat", "class",
+"status" and "analysis" stay). Documents and queries use the same tokeniser, so a conflated pair
+("news" -> "new") can only make a match broader, never miss one.
+
+Scores are Okapi BM25 with k1 = 1.2 and b = 0.75 and the non-negative IDF of Lucene,
+ln(1 + (N - n + 0.5) / (n + 0.5)), where N counts documents and n those holding the term. A
+query counts each distinct term once. A node's score is summed over the query's terms in the
+order they first appear in the query, so `search` and `score` give bit-identical floats, whatever
+order the index was built in. Results are sorted by score, then node id.
+
+Change detection: a table of `NamespaceState` (`nodes`, `observations`) keeps each record at the
+position of its first version and appends later versions to the record's list in place; records
+never leave a table (a rejected command's undo runs inside `apply`, before any read). So the list
+of version counts in table order grows at the end for new records and changes in place for changed
+ones, and comparing it with the list saved at the last refresh finds every changed record in a few
+C-speed passes. Every changed record's newest version is asserted to be newer (`updated.index`)
+than anything seen before. A different `NamespaceState` object (a restored snapshot) means a
+rebuild from scratch.
+
+Measured on this machine (CPython 3.11, one core) with 10,000 nodes (20 random words of text each)
+and 30,000 observations (15 words each) over a 5,000-word vocabulary; best of many runs:
+- refresh with nothing changed: 1.0 ms (scanning every record's `updated.index` instead: 2.4 ms);
+- refresh after one node's text changed: 1.4 ms; after one observation was added: 1.6 ms;
+- the first refresh (indexing everything): 1.2 s;
+- a 3-word query, `search(..., limit=10)`: 0.1 ms for three random words, 2.9 ms when one of
+  them is in every document (the label);
+- memory: about 45 MB for the postings of the 10,000 documents.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import operator
+import re
+import unicodedata
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sized
+from typing import Final
+
+from memora.core import constants, queries, validate
+from memora.core.errors import LimitError, ValidationError
+from memora.core.namespace import NamespaceState
+from memora.core.types import Node, Observation
+
+BM25_K1: Final = 1.2
+BM25_B: Final = 0.75
+
+_WORD: Final = re.compile(r"[^\W_]+")
+# Lucene's classic English stop set (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET). Only ever used for
+# membership, never iterated, so its order cannot reach any output.
+STOP_WORDS: Final = frozenset(
+    {
+        *("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into"),
+        *("is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then"),
+        *("there", "these", "they", "this", "to", "was", "will", "with"),
+    }
+)
+_PLURAL_KEPT: Final = ("ss", "us", "is")
+
+
+def tokens(text: str) -> list[str]:
+    """The index terms of `text`, in order, with repeats: what documents and queries are made of."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return [_singular(word) for word in _WORD.findall(folded) if word not in STOP_WORDS]
+
+
+def _singular(word: str) -> str:
+    if len(word) > 3 and word[-1] == "s" and not word.endswith(_PLURAL_KEPT):
+        return word[:-1]
+    return word
+
+
+def document_tokens(node: Node, observations: Iterable[Observation]) -> list[str]:
+    """The terms of a live node's document: name, label, text and its observations' texts."""
+    assert not node.deleted, node.id
+    terms = tokens(node.label)
+    if node.name is not None:
+        terms += tokens(node.name)
+    if node.text is not None:
+        terms += tokens(node.text)
+    for observation in observations:
+        assert not observation.deleted and observation.node_id == node.id, observation.id
+        terms += tokens(observation.text)
+    return terms
+
+
+class _VersionCounts:
+    """How many versions each record of one table had at the last refresh, in table order."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def changed(self, table: Mapping[int, Sized]) -> list[int]:
+        """The ids of the records that are new or have new versions since the last call."""
+        counts = list(map(len, table.values()))
+        if counts == self.counts:
+            return []
+        known = len(self.counts)
+        assert len(counts) >= known, "a record left its table"
+        if counts[:known] == self.counts:
+            changed = list(itertools.islice(table, known, None))
+        else:
+            keys = list(table)
+            changed = list(itertools.compress(keys, map(operator.ne, self.counts, counts)))
+            changed += keys[known:]
+        self.counts = counts
+        return changed
+
+
+class KeywordIndex:
+    """BM25 (Okapi; k1=1.2, b=0.75) over the entity documents of one namespace.
+
+    Invariants (checked by `invariants`): `_postings` holds exactly the terms of the documents in
+    `_terms`, with their frequencies; a term with no postings is removed; `_lengths` has the same
+    keys as `_terms`; `_length_total` is the sum of `_lengths`.
+    """
+
+    def __init__(self) -> None:
+        self._postings: dict[str, dict[int, int]] = {}  # term -> node id -> term frequency
+        self._terms: dict[int, tuple[str, ...]] = {}  # node id -> its document's distinct terms
+        self._lengths: dict[int, int] = {}  # node id -> its document's length in terms
+        self._length_total = 0
+        self._source: weakref.ref[NamespaceState] | None = None
+        self._node_counts = _VersionCounts()
+        self._observation_counts = _VersionCounts()
+        self._index_seen = 0  # The newest `updated.index` among the versions refreshed from.
+        self.as_of: int | None = None  # Set on an index of the past, which never refreshes.
+
+    # -- Keeping up -----------------------------------------------------------------------------
+
+    def refresh(self, ns: NamespaceState) -> tuple[int, ...]:
+        """Bring the index up to date with `ns`; return the ids of the nodes re-indexed.
+
+        Only nodes whose record or any of whose observations changed since the last refresh are
+        re-indexed; a node deleted since is dropped. Cheap when nothing changed (see the module
+        docstring). A different namespace object than last time is indexed from scratch.
+        """
+        assert self.as_of is None, "an index of the past is never refreshed"
+        if self._source is None or self._source() is not ns:
+            self._reset(ns)
+        changed_nodes = self._node_counts.changed(ns.nodes)
+        changed_observations = self._observation_counts.changed(ns.observations)
+        if not changed_nodes and not changed_observations:
+            return ()
+        newest = self._index_seen
+        dirty = set()
+        for node_id in changed_nodes:
+            newest = max(newest, self._check_newer(ns.nodes[node_id][-1].updated.index))
+            dirty.add(node_id)
+        for observation_id in changed_observations:
+            observation = ns.observations[observation_id][-1]
+            newest = max(newest, self._check_newer(observation.updated.index))
+            dirty.add(observation.node_id)
+        self._index_seen = newest
+        reindexed = tuple(sorted(dirty))
+        for node_id in reindexed:
+            self._remove(node_id)
+            node = ns.live_node(node_id)
+            if node is not None:
+                live = ns.observations_live.get(node_id, {})
+                observations = [ns.observations[observation_id][-1] for observation_id in live]
+                self._add(node_id, document_tokens(node, observations))
+        return reindexed
+
+    @classmethod
+    def build_as_of(cls, ns: NamespaceState, as_of: int) -> KeywordIndex:
+        """An index of the namespace as it was at commit index `as_of` (never refreshed)."""
+        if not isinstance(as_of, int) or isinstance(as_of, bool) or as_of < 0:
+            raise ValidationError("as_of must be a commit index (an integer >= 0)", "as_of")
+        index = cls()
+        index.as_of = as_of
+        for node_id in ns.nodes:
+            node = queries.get_node(ns, node_id, as_of)
+            if node is not None:
+                observations = queries.observations_of(ns, node_id, as_of)
+                index._add(node_id, document_tokens(node, observations))
+        return index
+
+    def _check_newer(self, index: int) -> int:
+        assert index > self._index_seen, (index, self._index_seen)
+        return index
+
+    def _reset(self, ns: NamespaceState) -> None:
+        self._postings.clear()
+        self._terms.clear()
+        self._lengths.clear()
+        self._length_total = 0
+        self._source = weakref.ref(ns)
+        self._node_counts = _VersionCounts()
+        self._observation_counts = _VersionCounts()
+        self._index_seen = 0
+
+    def _add(self, node_id: int, document: list[str]) -> None:
+        assert node_id not in self._terms, node_id
+        frequencies = Counter(document)
+        postings = self._postings
+        for term, frequency in frequencies.items():
+            found = postings.get(term)
+            if found is None:
+                postings[term] = {node_id: frequency}
+            else:
+                found[node_id] = frequency
+        self._terms[node_id] = tuple(frequencies)
+        self._lengths[node_id] = len(document)
+        self._length_total += len(document)
+
+    def _remove(self, node_id: int) -> None:
+        terms = self._terms.pop(node_id, None)
+        if terms is None:
+            return
+        for term in terms:
+            postings = self._postings[term]
+            del postings[node_id]
+            if not postings:
+                del self._postings[term]
+        self._length_total -= self._lengths.pop(node_id)
+        assert self._length_total >= 0
+
+    # -- Reads ----------------------------------------------------------------------------------
+
+    def search(self, query: str, limit: int) -> list[tuple[int, float]]:
+        """Node ids with their BM25 score for `query`, best first (ties by node id), at most
+        `limit`, only those scoring above 0."""
+        terms = _query_terms(query)
+        _check_limit(limit)
+        lengths = self._lengths
+        scores: dict[int, float] = {}
+        for weight, postings, average in self._weighted_postings(terms):
+            for node_id, frequency in postings.items():
+                gain = weight * _saturation(frequency, lengths[node_id], average)
+                scores[node_id] = scores.get(node_id, 0.0) + gain
+        best = heapq.nsmallest(limit, scores.items(), key=_best_first)
+        return [(node_id, score) for node_id, score in best if score > 0.0]
+
+    def score(self, query: str, node_ids: Iterable[int]) -> dict[int, float]:
+        """BM25 scores of the given nodes for `query` (0.0 for unknown ones), in the order given."""
+        weighted = self._weighted_postings(_query_terms(query))
+        scores: dict[int, float] = {}
+        for node_id in node_ids:
+            if not isinstance(node_id, int) or isinstance(node_id, bool):
+                raise ValidationError("node_ids must be integers", "node_ids")
+            score = 0.0
+            for weight, postings, average in weighted:
+                frequency = postings.get(node_id)
+                if frequency is not None:
+                    score += weight * _saturation(frequency, self._lengths[node_id], average)
+            scores[node_id] = score
+        return scores
+
+    def _weighted_postings(self, terms: Iterable[str]) -> list[tuple[float, dict[int, int], float]]:
+        """(IDF, postings, average document length) of each query term found, in query order."""
+        count = len(self._lengths)
+        weighted: list[tuple[float, dict[int, int], float]] = []
+        for term in terms:
+            postings = self._postings.get(term)
+            if postings is not None:
+                # A term has postings only if some document holds it, so count and total are > 0.
+                average = self._length_total / count
+                holding = len(postings)
+                weight = math.log(1.0 + (count - holding + 0.5) / (holding + 0.5))
+                weighted.append((weight, postings, average))
+        return weighted
+
+    @property
+    def document_count(self) -> int:
+        return len(self._lengths)
+
+    def contents(self) -> tuple[dict[str, dict[int, int]], dict[int, int]]:
+        """Postings and document lengths, sorted: equal for equal indexes, however built."""
+        postings = {
+            term: dict(sorted(self._postings[term].items())) for term in sorted(self._postings)
+        }
+        return postings, dict(sorted(self._lengths.items()))
+
+    def invariants(self) -> None:
+        """Assert the class invariants (a full pass; for tests)."""
+        assert self._lengths.keys() == self._terms.keys()
+        assert self._length_total == sum(self._lengths.values())
+        entries = 0
+        for node_id, terms in self._terms.items():
+            assert len(set(terms)) == len(terms), node_id
+            frequencies = [self._postings[term][node_id] for term in terms]
+            assert all(frequency >= 1 for frequency in frequencies), node_id
+            assert sum(frequencies) == self._lengths[node_id], node_id
+            entries += len(terms)
+        assert all(self._postings.values())
+        assert entries == sum(len(postings) for postings in self._postings.values())
+
+
+def _saturation(frequency: int, length: int, average: float) -> float:
+    """BM25's term-frequency factor for a document of `length` terms."""
+    norm = BM25_K1 * (1.0 - BM25_B + BM25_B * length / average)
+    return frequency * (BM25_K1 + 1.0) / (frequency + norm)
+
+
+def _best_first(item: tuple[int, float]) -> tuple[float, int]:
+    return -item[1], item[0]
+
+
+def _query_terms(query: object) -> list[str]:
+    """The distinct terms of a query, in the order they first appear."""
+    text = validate.text_field(query, "query", constants.text_bytes_max, empty_ok=True)
+    return list(dict.fromkeys(tokens(text)))
+
+
+def _check_limit(limit: object) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise ValidationError("limit must be an integer", "limit")
+    if limit < 1:
+        raise ValidationError("limit must be at least 1", "limit")
+    if limit > constants.top_k_max:
+        raise LimitError(f"limit must be at most {constants.top_k_max}", "limit")
