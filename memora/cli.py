@@ -5,6 +5,8 @@ Subcommands:
   the store knows (graph, vectors, hybrid, history), reopen it from disk and check it came back.
 - `memora serve`: run a node with the REST API on 127.0.0.1:8080 (see `memora.serve`), alone or
   as a member of a cluster.
+- `memora mcp`: MCP over stdio for desktop LLM clients, on an embedded node or relayed to a
+  running server (see `memora.mcp_cli`).
 - `memora cluster status|add-node|remove-node|transfer-leader`: look at and change a running
   cluster (see `memora.cluster_cli`).
 """
@@ -17,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from memora import cluster_cli, serve
+from memora import cluster_cli, mcp_cli, serve
 from memora.service.demo import run_demo
 
 
@@ -36,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             description="Run one Memora node with the REST API. Flags override --config.",
         )
     )
+    mcp_cli.add_arguments(
+        commands.add_parser(
+            "mcp",
+            help="serve MCP on stdio (embedded node, or a relay to a server)",
+            description=mcp_cli.__doc__.splitlines()[0] if mcp_cli.__doc__ else None,
+        )
+    )
     cluster_cli.add_arguments(
         commands.add_parser(
             "cluster",
@@ -46,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.command == "serve":
         return serve.main(arguments)
+    if arguments.command == "mcp":
+        return mcp_cli.main(arguments, os.environ, sys.stderr)
     if arguments.command == "cluster":
         return cluster_cli.main(arguments, os.environ, sys.stdout)
     if arguments.command == "demo":

@@ -1,0 +1,36 @@
+"""One `MCPServer` with Memora's tools, for stdio and streamable HTTP alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+
+from memora.api.mcp import compat_tools
+from memora.api.mcp.access import AccessResolver, McpAccess
+from memora.api.mcp.compat_tools import CompatTools, GraphSubscriptions
+from memora.service.knowledge_graph import KnowledgeGraph
+
+INSTRUCTIONS = """\
+Memora is your long-term memory: a knowledge graph of entities (people, projects, preferences,
+decisions...), the relations between them, and observations (facts) about each. It keeps the
+history of every change. Store what is worth remembering with create_entities, add_observations
+and create_relations; look things up with search_nodes and open_nodes.
+"""
+
+
+def build_server(graph: KnowledgeGraph, default_access: McpAccess | None) -> MCPServer[Any]:
+    """The MCP server over `graph`. `default_access` is the caller of a transport that carries
+    none (stdio); over HTTP every request brings its own (`memora.api.mcp.http`)."""
+    server: MCPServer[Any] = MCPServer(
+        "memora", title="Memora", instructions=INSTRUCTIONS, version=_version()
+    )
+    tools = CompatTools(graph, AccessResolver(default_access), GraphSubscriptions())
+    compat_tools.register(server, tools)
+    return server
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("memora")
