@@ -34,9 +34,8 @@ from memora.core.errors import MemoraError
 from memora.net.driver import NodeDriver
 from memora.net.raft_storage import RaftStorageError
 from memora.service.embedding import DEFAULT_EMBEDDER_SPEC, Embedder, embedder_from_spec
-from memora.service.knowledge_graph import KnowledgeGraph
+from memora.service.knowledge_graph import DEFAULT_MCP_NAMESPACE, KnowledgeGraph
 
-DEFAULT_MCP_NAMESPACE = "memory"
 EXIT_FAILURE = 1
 _PREFIX = "memora mcp:"
 

@@ -8,7 +8,10 @@ endpoint logic (`memora.api`), Raft or storage logic (`memora.net`, `memora.core
 
 Configuration. Flags override the file; the file overrides the defaults. The file (`--config`)
 is TOML with the keys `data_dir`, `host`, `http_port`, `mcp_port`, `body_bytes_max`,
-`request_timeout_s`, `default_namespace`, the cluster keys below, and any number of token tables:
+`request_timeout_s`, `default_namespace`, the MCP keys `mcp_namespace` (the namespace MCP
+clients use unless they pass `?namespace=`), `embedder` (`minilm`, `hashing[:DIM]` or
+`openai:BASE_URL`) and `mcp_allowed_hosts` (host names besides the known ones that MCP's
+DNS-rebinding protection lets in), the cluster keys below, and any number of token tables:
 
     [[tokens]]
     token = "a-long-random-secret"        # at least 16 visible ASCII characters
@@ -65,6 +68,8 @@ import trio
 
 from memora.api.app import create_app
 from memora.api.http_server import serve_http
+from memora.api.mcp.http import MCP_PATH, allowed_host_names, mcp_http_app
+from memora.api.mcp.server import build_server
 from memora.api.settings import ALL_NAMESPACES, ApiSettings, Role, TokenGrant
 from memora.core import constants, validate
 from memora.core.errors import MemoraError
@@ -83,6 +88,8 @@ from memora.net.peer_incarnations import IncarnationBook, read_or_make_incarnati
 from memora.net.peer_transport import PeerTransport, TransportSettings
 from memora.net.peer_wire import format_address
 from memora.net.raft_storage import RaftStorageError
+from memora.service.embedding import DEFAULT_EMBEDDER_SPEC, embedder_from_spec
+from memora.service.knowledge_graph import DEFAULT_MCP_NAMESPACE, KnowledgeGraph
 
 EXIT_CONFIG_ERROR: Final = 2
 EXIT_FAILURE: Final = 1
@@ -102,6 +109,9 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "body_bytes_max": ApiSettings().body_bytes_max,
     "request_timeout_s": ApiSettings().request_timeout_s,
     "default_namespace": constants.namespace_default,
+    "mcp_namespace": DEFAULT_MCP_NAMESPACE,
+    "embedder": DEFAULT_EMBEDDER_SPEC,
+    "mcp_allowed_hosts": [],
 }
 # The keys a flag may set (`--data-dir` sets data_dir), overriding the file.
 FLAG_KEYS: Final = (
@@ -109,6 +119,8 @@ FLAG_KEYS: Final = (
     "host",
     "http_port",
     "mcp_port",
+    "mcp_namespace",
+    "embedder",
     "node_id",
     "peers",
     "join",
@@ -148,12 +160,23 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class McpConfig:
+    """The MCP endpoint: the namespace it serves by default, the embedder of its texts, and the
+    host names its DNS-rebinding protection lets in besides the ones it knows."""
+
+    namespace: str = DEFAULT_MCP_NAMESPACE
+    embedder: str = DEFAULT_EMBEDDER_SPEC
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class ServeConfig:
     data_dir: str
     host: str
     http_port: int
     mcp_port: int
     api: ApiSettings
+    mcp: McpConfig = McpConfig()
     # The non-loopback --host that was asked for and replaced by 127.0.0.1 (no tokens), if any.
     host_refused: str | None = None
     cluster: ClusterConfig | None = None
@@ -174,7 +197,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mcp-port",
         type=_port_flag,
-        help=f"MCP port, reserved: MCP is not served yet (default {DEFAULTS['mcp_port']})",
+        help=f"MCP (streamable HTTP) port, 0 for any free one (default {DEFAULTS['mcp_port']})",
+    )
+    parser.add_argument(
+        "--mcp-namespace",
+        help=f"namespace MCP clients use unless they ask (default {DEFAULTS['mcp_namespace']})",
+    )
+    parser.add_argument(
+        "--embedder",
+        help="text embedder of the MCP tools: minilm (default), hashing[:DIM] or openai:BASE_URL",
     )
     parser.add_argument("--config", metavar="FILE", help="a TOML file of settings and [[tokens]]")
     cluster = parser.add_argument_group("cluster membership")
@@ -247,7 +278,21 @@ def load_config(arguments: argparse.Namespace, environ: Mapping[str, str]) -> Se
         host, refused = LOOPBACK_HOST, host
     cluster = _cluster(merged, environ)
     data_dir = _data_dir(merged["data_dir"])
-    return ServeConfig(data_dir, host, http_port, mcp_port, api, refused, cluster)
+    mcp = _mcp(merged)
+    return ServeConfig(data_dir, host, http_port, mcp_port, api, mcp, refused, cluster)
+
+
+def _mcp(values: Mapping[str, Any]) -> McpConfig:
+    namespace = _namespace(values["mcp_namespace"], "mcp_namespace")
+    spec = values["embedder"]
+    try:
+        embedder_from_spec(spec if isinstance(spec, str) else repr(spec))
+    except MemoraError as error:
+        raise ConfigError("embedder", error.message) from None
+    hosts = values["mcp_allowed_hosts"]
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and is_host(h) for h in hosts):
+        raise ConfigError("mcp_allowed_hosts", "must be a list of host names or addresses")
+    return McpConfig(namespace, spec, tuple(hosts))
 
 
 def _cluster(values: Mapping[str, Any], environ: Mapping[str, str]) -> ClusterConfig | None:
@@ -573,14 +618,25 @@ async def _serve_http_until(
     node: NodeDriver | ClusterNode,
     say: Callable[[str], None],
 ) -> None:
-    """Serve the REST API until `stop` is set; returns once the requests in flight drained."""
+    """Serve the REST API and MCP until `stop` is set; returns once the requests in flight
+    drained."""
     app = create_app(node, config.api)
-    serve_app = partial(
+    embedder = embedder_from_spec(config.mcp.embedder)
+    mcp_server = build_server(KnowledgeGraph(node, embedder), None)
+    peer_hosts = [host for host, _ in config.cluster.peers.values()] if config.cluster else []
+    host_names = allowed_host_names(config.host, peer_hosts, config.mcp.allowed_hosts)
+    mcp_app = mcp_http_app(mcp_server, config.api, config.mcp.namespace, host_names)
+    serve_rest = partial(
         serve_http, app, host=config.host, port=config.http_port, shutdown_trigger=stop.wait
     )
-    async with trio.open_nursery() as http_nursery:
-        port = await http_nursery.start(serve_app)
-        for line in _listener_lines(config, port):
+    serve_mcp = partial(
+        serve_http, mcp_app, host=config.host, port=config.mcp_port, shutdown_trigger=stop.wait
+    )
+    async with mcp_server.session_manager.run(), trio.open_nursery() as http_nursery:
+        http_nursery.start_soon(trio.to_thread.run_sync, embedder.embed_many, ["warm up"])
+        port = await http_nursery.start(serve_rest)
+        mcp_port = await http_nursery.start(serve_mcp)
+        for line in _listener_lines(config, port, mcp_port, embedder.name):
             say(line)
 
 
@@ -622,10 +678,15 @@ def _node_line(node: NodeDriver | ClusterNode) -> str:
     )
 
 
-def _listener_lines(config: ServeConfig, http_port: int) -> Iterator[str]:
+def _listener_lines(
+    config: ServeConfig, http_port: int, mcp_port: int, embedder: str
+) -> Iterator[str]:
     address = f"[{config.host}]" if ":" in config.host else config.host
     yield f"REST API on http://{address}:{http_port}/api/v1 (OpenAPI at /openapi.json)"
-    yield f"MCP on port {config.mcp_port}: not served yet (MCP arrives in a later release)"
+    yield (
+        f"MCP (streamable HTTP) on http://{address}:{mcp_port}{MCP_PATH}, namespace "
+        f"{config.mcp.namespace!r} unless ?namespace= asks, embedder {embedder}"
+    )
     if config.api.open_access:
         refused = f" instead of {config.host_refused}" if config.host_refused else ""
         yield (

@@ -60,6 +60,8 @@ from memora.core.types import (
 from memora.net.node_api import Consistency, NodeApi, UnavailableError
 from memora.service.embedding import Embedder
 
+# The namespace MCP clients use unless they name another.
+DEFAULT_MCP_NAMESPACE: Final = "memory"
 # Per call: enough for a bulk import in chunks, small enough to keep one entry well under limits.
 entities_per_call_max: Final = 1_000
 observations_per_entity_max: Final = 1_000

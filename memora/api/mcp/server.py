@@ -23,7 +23,11 @@ def build_server(graph: KnowledgeGraph, default_access: McpAccess | None) -> MCP
     """The MCP server over `graph`. `default_access` is the caller of a transport that carries
     none (stdio); over HTTP every request brings its own (`memora.api.mcp.http`)."""
     server: MCPServer[Any] = MCPServer(
-        "memora", title="Memora", instructions=INSTRUCTIONS, version=_version()
+        "memora",
+        title="Memora",
+        instructions=INSTRUCTIONS,
+        version=_version(),
+        log_level="WARNING",  # The SDK logs every session at INFO; the server says what matters.
     )
     tools = CompatTools(graph, AccessResolver(default_access), GraphSubscriptions())
     compat_tools.register(server, tools)
