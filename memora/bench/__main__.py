@@ -1,4 +1,4 @@
-"""`python -m memora.bench {core,raft,http,cluster} [flags]`: run a benchmark, print its table.
+"""`python -m memora.bench {core,raft,http,cluster,mcp} [flags]`: run a benchmark, print its table.
 
 `--quick` shrinks every size for a run of about a minute; explicit flags still override it.
 """
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from memora.bench import cluster, http, raft
+from memora.bench import cluster, http, mcp, raft
 from memora.bench.core import Config, run
 
 QUICK: dict[str, Any] = {
@@ -25,6 +25,8 @@ QUICK: dict[str, Any] = {
 }
 
 HTTP_QUICK: dict[str, Any] = {"nodes": 1_000, "requests": 500, "warmup": 50}
+
+MCP_QUICK: dict[str, Any] = {"checkpoints": (200, 1_000), "calls": 15, "warmup": 3}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,7 +76,64 @@ def parser() -> argparse.ArgumentParser:
     add_cluster_arguments(
         commands.add_parser("cluster", help="3-process Memora cluster vs PySyncObj")
     )
+    add_mcp_arguments(
+        commands.add_parser("mcp", help="MCP tool calls: Memora vs the reference memory server")
+    )
     return top
+
+
+def add_mcp_arguments(mcp_parser: argparse.ArgumentParser) -> None:
+    defaults = mcp.Config()
+    mcp_parser.add_argument(
+        "--entities",
+        type=int,
+        help=f"entities at the top checkpoint; the others are a tenth and a half of it "
+        f"(default {defaults.checkpoints[-1]})",
+    )
+    mcp_parser.add_argument(
+        "--checkpoints",
+        type=int,
+        nargs="+",
+        help=f"entity counts to measure at, increasing "
+        f"(default {' '.join(map(str, defaults.checkpoints))})",
+    )
+    flags: list[tuple[str, str]] = [
+        ("calls", "timed calls per tool per round"),
+        ("rounds", "measurement rounds; each percentile is the median over rounds"),
+        ("warmup", "untimed calls per tool before each checkpoint's rounds"),
+        ("batch", "entities per create_entities call while growing"),
+        ("seed", "seed of all generated entities and queries"),
+    ]
+    for name, help_text in flags:
+        default = getattr(defaults, name)
+        mcp_parser.add_argument("--" + name, type=int, help=f"{help_text} (default {default})")
+    mcp_parser.add_argument(
+        "--embedder", help="Memora's --embedder (minilm, hashing; default: Memora's own)"
+    )
+    mcp_parser.add_argument(
+        "--no-reference", action="store_true", help=f"skip npx -y {mcp.REFERENCE_PACKAGE}"
+    )
+    mcp_parser.add_argument("--no-memora", action="store_true", help="skip Memora's servers")
+    mcp_parser.add_argument("--quick", action="store_true", help="small sizes for a quick run")
+    mcp_parser.add_argument("--json-out", help="also write the result JSON to this path")
+
+
+def mcp_config_from(arguments: argparse.Namespace) -> mcp.Config:
+    """The flags as a config; ValueError when --entities and --checkpoints disagree."""
+    values: dict[str, Any] = dict(MCP_QUICK) if arguments.quick else {}
+    if arguments.entities is not None:
+        values["checkpoints"] = mcp.default_checkpoints(arguments.entities)
+    if arguments.checkpoints is not None:
+        checkpoints = tuple(arguments.checkpoints)
+        if arguments.entities is not None and checkpoints[-1] != arguments.entities:
+            raise ValueError("--entities must be the last of --checkpoints when both are given")
+        values["checkpoints"] = checkpoints
+    for name in ("calls", "rounds", "warmup", "batch", "seed", "embedder"):
+        if getattr(arguments, name) is not None:
+            values[name] = getattr(arguments, name)
+    values["reference"] = not arguments.no_reference
+    values["memora"] = not arguments.no_memora
+    return mcp.Config(**values)
 
 
 def add_cluster_arguments(cluster_parser: argparse.ArgumentParser) -> None:
@@ -170,6 +229,8 @@ def config_from(arguments: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
+    if arguments.bench == "mcp":
+        return mcp_main(arguments)
     config: Config | raft.Config | http.Config | cluster.Config
     if arguments.bench == "core":
         config = config_from(arguments)
@@ -193,6 +254,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = cluster.run(config, sys.stdout, sys.stderr)
     else:
         result = run(config, sys.stdout, sys.stderr)
+    if arguments.json_out:
+        with open(arguments.json_out, "w") as file:
+            json.dump(result, file, indent=2, sort_keys=True)
+            file.write("\n")
+    return 0
+
+
+def mcp_main(arguments: argparse.Namespace) -> int:
+    """The mcp benchmark; a failed call or a server that cannot run ends it with exit code 1."""
+    try:
+        config = mcp_config_from(arguments)
+        config.check()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = mcp.run(config, sys.stdout, sys.stderr)
+    except mcp.BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if arguments.json_out:
         with open(arguments.json_out, "w") as file:
             json.dump(result, file, indent=2, sort_keys=True)
