@@ -275,9 +275,19 @@ class KnowledgeGraph:
         plan: Callable[[NamespaceState, Vectors], Plan],
         texts: Sequence[str],
     ) -> Any:
-        """Plan from a fresh read, embed what is missing, propose; again after a conflict."""
+        """Embed `texts`, then `write_planned`."""
         vectors = Vectors()
         await self._embed(vectors, texts)
+        return await self.write_planned(context, plan, vectors)
+
+    async def write_planned(
+        self,
+        context: WriteContext,
+        plan: Callable[[NamespaceState, Vectors], Plan],
+        vectors: Vectors,
+    ) -> Any:
+        """Plan from a fresh linearizable read and propose; plan again after a conflict (another
+        writer got in between the read and the write). Returns the plan's result."""
         for _ in range(plan_attempts_max):
             replica = await self.node.read_barrier(Consistency.LINEARIZABLE)
             planned = plan(replica.machine.reader(context.namespace), vectors)
@@ -289,7 +299,7 @@ class KnowledgeGraph:
             try:
                 await self.node.write(proposal)
             except ConflictError:
-                continue  # Another writer got in between the read and this write: plan again.
+                continue
             return planned.result
         raise UnavailableError(
             f"the write conflicted with concurrent writes {plan_attempts_max} times in a row; "

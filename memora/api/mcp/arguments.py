@@ -9,7 +9,6 @@ which argument it was.
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,8 +19,9 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import Field
 
 from memora.core import constants, validate
-from memora.core.errors import MemoraError, ValidationError
+from memora.core.errors import MemoraError
 from memora.core.types import Provenance
+from memora.service.times import time_ms
 
 SessionArg = Annotated[
     str | None,
@@ -63,27 +63,6 @@ def provenance(
         valid_to_ms=time_ms(valid_to, "valid_to"),
     )
     return validate.provenance(value)
-
-
-def time_ms(value: str | int | None, field: str) -> int | None:
-    """Milliseconds since the epoch from ISO 8601 text or an integer."""
-    if value is None or isinstance(value, int):
-        return value
-    try:
-        moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        message = f"{field} must be ISO 8601 (e.g. 2025-03-01T09:30:00Z) or ms since the epoch"
-        raise ValidationError(message, field) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def iso_time(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def tool_error(error: MemoraError) -> ToolError:
