@@ -28,7 +28,7 @@ from mcp.shared.message import SessionMessage
 
 from memora.api.auth import OPEN_ACCESS_PRINCIPAL, Caller
 from memora.api.mcp.access import McpAccess
-from memora.api.mcp.server import build_server
+from memora.api.mcp.server import PROFILES, build_server
 from memora.core import validate
 from memora.core.errors import MemoraError
 from memora.net.driver import NodeDriver
@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "openai:BASE_URL (MEMORA_EMBEDDING_MODEL, MEMORA_EMBEDDING_API_KEY)",
     )
     parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="extended",
+        help="extended (default): the reference memory server's nine tools and Memora's own; "
+        "compat: exactly the nine",
+    )
+    parser.add_argument(
         "--server",
         metavar="URL",
         help="relay to the MCP endpoint of a running server instead of opening --data-dir",
@@ -74,10 +81,10 @@ def main(arguments: argparse.Namespace, environ: Mapping[str, str], err: TextIO)
     except MemoraError as error:
         _say(err, f"{error.field or 'argument'}: {error.message}")
         return 2
-    return _embedded(arguments.data_dir, namespace, embedder, err)
+    return _embedded(arguments.data_dir, namespace, embedder, arguments.profile, err)
 
 
-def _embedded(data_dir: str, namespace: str, embedder: Embedder, err: TextIO) -> int:
+def _embedded(data_dir: str, namespace: str, embedder: Embedder, profile: str, err: TextIO) -> int:
     try:
         node = NodeDriver.open(data_dir)
     except (OSError, ValueError, RaftStorageError, MemoraError) as error:
@@ -90,13 +97,14 @@ def _embedded(data_dir: str, namespace: str, embedder: Embedder, err: TextIO) ->
         f"data directory {os.path.abspath(data_dir)}, namespace {namespace!r}, "
         f"embedder {embedder.name}; serving MCP on stdio",
     )
-    trio.run(_serve_stdio, node, namespace, embedder)
+    trio.run(_serve_stdio, node, namespace, embedder, profile)
     return 0
 
 
-async def _serve_stdio(node: NodeDriver, namespace: str, embedder: Embedder) -> None:
+async def _serve_stdio(node: NodeDriver, namespace: str, embedder: Embedder, profile: str) -> None:
     graph = KnowledgeGraph(node, embedder)
-    server = build_server(graph, McpAccess(Caller(OPEN_ACCESS_PRINCIPAL, None), namespace))
+    access = McpAccess(Caller(OPEN_ACCESS_PRINCIPAL, None), namespace)
+    server = build_server(graph, access, profile)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         nursery.start_soon(_warm_up, embedder)

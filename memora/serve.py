@@ -10,7 +10,8 @@ Configuration. Flags override the file; the file overrides the defaults. The fil
 is TOML with the keys `data_dir`, `host`, `http_port`, `mcp_port`, `body_bytes_max`,
 `request_timeout_s`, `default_namespace`, the MCP keys `mcp_namespace` (the namespace MCP
 clients use unless they pass `?namespace=`), `embedder` (`minilm`, `hashing[:DIM]` or
-`openai:BASE_URL`) and `mcp_allowed_hosts` (host names besides the known ones that MCP's
+`openai:BASE_URL`), `mcp_profile` (`extended`, the default, or `compat`: the reference
+server's nine tools alone) and `mcp_allowed_hosts` (host names besides the known ones that MCP's
 DNS-rebinding protection lets in), the cluster keys below, and any number of token tables:
 
     [[tokens]]
@@ -69,7 +70,7 @@ import trio
 from memora.api.app import create_app
 from memora.api.http_server import serve_http
 from memora.api.mcp.http import MCP_PATH, allowed_host_names, mcp_http_app
-from memora.api.mcp.server import build_server
+from memora.api.mcp.server import PROFILES, build_server
 from memora.api.settings import ALL_NAMESPACES, ApiSettings, Role, TokenGrant
 from memora.core import constants, validate
 from memora.core.errors import MemoraError
@@ -112,6 +113,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "mcp_namespace": DEFAULT_MCP_NAMESPACE,
     "embedder": DEFAULT_EMBEDDER_SPEC,
     "mcp_allowed_hosts": [],
+    "mcp_profile": "extended",
 }
 # The keys a flag may set (`--data-dir` sets data_dir), overriding the file.
 FLAG_KEYS: Final = (
@@ -121,6 +123,7 @@ FLAG_KEYS: Final = (
     "mcp_port",
     "mcp_namespace",
     "embedder",
+    "mcp_profile",
     "node_id",
     "peers",
     "join",
@@ -167,6 +170,7 @@ class McpConfig:
     namespace: str = DEFAULT_MCP_NAMESPACE
     embedder: str = DEFAULT_EMBEDDER_SPEC
     allowed_hosts: tuple[str, ...] = ()
+    profile: str = "extended"
 
 
 @attrs.frozen
@@ -202,6 +206,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mcp-namespace",
         help=f"namespace MCP clients use unless they ask (default {DEFAULTS['mcp_namespace']})",
+    )
+    parser.add_argument(
+        "--mcp-profile",
+        choices=("extended", "compat"),
+        help="MCP tools: extended (default: the nine compat tools and Memora's own) or compat",
     )
     parser.add_argument(
         "--embedder",
@@ -292,7 +301,10 @@ def _mcp(values: Mapping[str, Any]) -> McpConfig:
     hosts = values["mcp_allowed_hosts"]
     if not isinstance(hosts, list) or not all(isinstance(h, str) and is_host(h) for h in hosts):
         raise ConfigError("mcp_allowed_hosts", "must be a list of host names or addresses")
-    return McpConfig(namespace, spec, tuple(hosts))
+    profile = values["mcp_profile"]
+    if profile not in PROFILES:
+        raise ConfigError("mcp_profile", f"must be one of {', '.join(PROFILES)}")
+    return McpConfig(namespace, spec, tuple(hosts), profile)
 
 
 def _cluster(values: Mapping[str, Any], environ: Mapping[str, str]) -> ClusterConfig | None:
@@ -622,7 +634,7 @@ async def _serve_http_until(
     drained."""
     app = create_app(node, config.api)
     embedder = embedder_from_spec(config.mcp.embedder)
-    mcp_server = build_server(KnowledgeGraph(node, embedder), None)
+    mcp_server = build_server(KnowledgeGraph(node, embedder), None, config.mcp.profile)
     peer_hosts = [host for host, _ in config.cluster.peers.values()] if config.cluster else []
     host_names = allowed_host_names(config.host, peer_hosts, config.mcp.allowed_hosts)
     mcp_app = mcp_http_app(mcp_server, config.api, config.mcp.namespace, host_names)
