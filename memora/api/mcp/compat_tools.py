@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import attrs
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp_types import (
     CallToolResult,
     EmptyResult,
@@ -147,13 +148,18 @@ READS = _annotations(read_only=True, destructive=False, idempotent=True)
 
 
 class GraphSubscriptions:
-    """Connections subscribed to `memory://knowledge-graph`, with the namespace each reads.
+    """Who hears about changes to `memory://knowledge-graph`, by the protocol they speak.
 
-    A `ServerSession` is made per request; the connection under it is what lasts, so that is the
-    key (the SDK exposes it only as `_connection`). A notification sent without a related
-    request goes out on the connection's own channel, after the subscribing request is over."""
+    Clients of protocol versions before 2026-07-28 send `resources/subscribe`; they are kept here
+    with the namespace each reads. A `ServerSession` is made per request and the connection
+    under it is what lasts, so that is the key (the SDK exposes it only as `_connection`); a
+    notification sent without a related request goes out on the connection's own channel.
+    Newer clients open a `subscriptions/listen` stream: they hear from the SDK's bus, which
+    knows nothing of namespaces, so a listener learns that some namespace's graph changed
+    (never what changed) and reads its own."""
 
     def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()
         self._subscribers: dict[object, tuple[ServerSession, str]] = {}
 
     def subscribe(self, session: ServerSession, namespace: str) -> None:
@@ -163,7 +169,7 @@ class GraphSubscriptions:
         self._subscribers.pop(_connection(session), None)
 
     async def changed(self, namespace: str) -> None:
-        """Tell every connection subscribed to `namespace` that its graph changed."""
+        """Tell the subscribers of `namespace`, and the listeners, that its graph changed."""
         for key, (session, subscribed) in list(self._subscribers.items()):
             if subscribed != namespace:
                 continue
@@ -171,6 +177,7 @@ class GraphSubscriptions:
                 await session.send_resource_updated(GRAPH_URI)
             except Exception:
                 self._subscribers.pop(key, None)
+        await self.bus.publish(ResourceUpdated(uri=GRAPH_URI))
 
 
 def _connection(session: ServerSession) -> object:

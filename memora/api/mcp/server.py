@@ -32,14 +32,16 @@ def build_server(
     Profiles: "extended" (the default) serves the reference server's nine tools and Memora's own;
     "compat" serves exactly the nine, for a client that must see the reference surface alone."""
     assert profile in PROFILES, profile
+    subscriptions = GraphSubscriptions()
     server: MCPServer[Any] = MCPServer(
         "memora",
         title="Memora",
         instructions=INSTRUCTIONS,
         version=_version(),
         log_level="WARNING",  # The SDK logs every session at INFO; the server says what matters.
+        subscriptions=subscriptions.bus,
     )
-    tools = CompatTools(graph, AccessResolver(default_access), GraphSubscriptions())
+    tools = CompatTools(graph, AccessResolver(default_access), subscriptions)
     compat_tools.register(server, tools)
     if profile == "extended":
         extended_tools.register(server, tools, ExtendedMemory(graph))
