@@ -10,10 +10,10 @@ document, even one whose words are all stop words.
 
 Tokens: the text is NFKC-normalised and case-folded, then split into runs of letters and digits
 (`[^\\W_]+`: Unicode `\\w` without the underscore, so `snake_case` names match their parts). Words
-in a small stop list (Lucene's classic English set) are dropped, and a word longer than three
-letters loses a trailing plural "s" unless it ends in "ss", "us" or "is" ("cats" -> "cat", "class",
-"status" and "analysis" stay). Documents and queries use the same tokeniser, so a conflated pair
-("news" -> "new") can only make a match broader, never miss one.
+in a small stop list (Lucene's classic English set, and "s" and "t") are dropped, and a word
+longer than three letters loses a trailing plural "s" unless it ends in "ss", "us" or "is" ("cats"
+-> "cat"; "class", "status" and "analysis" stay). Documents and queries use the same tokeniser, so
+a conflated pair ("news" -> "new") can only make a match broader, never miss one.
 
 Scores are Okapi BM25 with k1 = 1.2 and b = 0.75 and the non-negative IDF of Lucene,
 ln(1 + (N - n + 0.5) / (n + 0.5)), where N counts documents and n those holding the term. A
@@ -45,12 +45,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import operator
 import re
 import unicodedata
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Collection, Iterable, Mapping, Sized
 from typing import Final
 
 from memora.core import constants, queries, validate
@@ -62,28 +61,31 @@ BM25_K1: Final = 1.2
 BM25_B: Final = 0.75
 
 _WORD: Final = re.compile(r"[^\W_]+")
-# Lucene's classic English stop set (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET). Only ever used for
-# membership, never iterated, so its order cannot reach any output.
+# Lucene's classic English stop set (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET), and "s" and "t", the
+# tails of "it's" and "don't" once split at the apostrophe. Only ever used for membership, never
+# iterated, so its order cannot reach any output.
 STOP_WORDS: Final = frozenset(
     {
+        *("s", "t"),
         *("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into"),
         *("is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then"),
         *("there", "these", "they", "this", "to", "was", "will", "with"),
     }
 )
 _PLURAL_KEPT: Final = ("ss", "us", "is")
+# Below this many records, `_positions_changed` compares one by one instead of halving again.
+_POSITIONS_SCANNED_MAX: Final = 32
 
 
 def tokens(text: str) -> list[str]:
     """The index terms of `text`, in order, with repeats: what documents and queries are made of."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    return [_singular(word) for word in _WORD.findall(folded) if word not in STOP_WORDS]
-
-
-def _singular(word: str) -> str:
-    if len(word) > 3 and word[-1] == "s" and not word.endswith(_PLURAL_KEPT):
-        return word[:-1]
-    return word
+    # The plural rule is inline rather than a function: this runs once per word of every document.
+    return [
+        word[:-1] if len(word) > 3 and word[-1] == "s" and not word.endswith(_PLURAL_KEPT) else word
+        for word in _WORD.findall(folded)
+        if word not in STOP_WORDS
+    ]
 
 
 def document_tokens(node: Node, observations: Iterable[Observation]) -> list[str]:
@@ -103,10 +105,11 @@ def document_tokens(node: Node, observations: Iterable[Observation]) -> list[str
 class _VersionCounts:
     """How many versions each record of one table had at the last refresh, in table order."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "keys")
 
     def __init__(self) -> None:
         self.counts: list[int] = []
+        self.keys: list[int] = []  # The table's keys in its order: `counts[p]` is of `keys[p]`.
 
     def changed(self, table: Mapping[int, Sized]) -> list[int]:
         """The ids of the records that are new or have new versions since the last call."""
@@ -115,14 +118,33 @@ class _VersionCounts:
             return []
         known = len(self.counts)
         assert len(counts) >= known, "a record left its table"
-        if counts[:known] == self.counts:
-            changed = list(itertools.islice(table, known, None))
-        else:
-            keys = list(table)
-            changed = list(itertools.compress(keys, map(operator.ne, self.counts, counts)))
-            changed += keys[known:]
+        changed = [self.keys[position] for position in _positions_changed(self.counts, counts)]
+        added = list(itertools.islice(table, known, None))
+        self.keys += added
         self.counts = counts
-        return changed
+        assert len(self.keys) == len(self.counts)
+        return changed + added
+
+
+def _positions_changed(before: list[int], after: list[int]) -> list[int]:
+    """The positions below `len(before)` where `after` differs from `before`, in order.
+
+    Found by halving: comparing two slices runs at C speed, so a few changes among many records
+    cost a few passes over the lists rather than a Python-level loop over every record.
+    """
+    found: list[int] = []
+    pending = [(0, len(before))]
+    while pending:
+        start, stop = pending.pop()
+        if before[start:stop] == after[start:stop]:
+            continue
+        if stop - start <= _POSITIONS_SCANNED_MAX:
+            found += [p for p in range(start, stop) if before[p] != after[p]]
+            continue
+        middle = (start + stop) // 2
+        pending += [(middle, stop), (start, middle)]  # The lower half is popped first.
+    assert found == sorted(found)
+    return found
 
 
 class KeywordIndex:
@@ -239,14 +261,10 @@ class KeywordIndex:
     def search(self, query: str, limit: int) -> list[tuple[int, float]]:
         """Node ids with their BM25 score for `query`, best first (ties by node id), at most
         `limit`, only those scoring above 0."""
-        terms = _query_terms(query)
+        weighted = self._weighted_postings(_query_terms(query))
         _check_limit(limit)
-        lengths = self._lengths
         scores: dict[int, float] = {}
-        for weight, postings, average in self._weighted_postings(terms):
-            for node_id, frequency in postings.items():
-                gain = weight * _saturation(frequency, lengths[node_id], average)
-                scores[node_id] = scores.get(node_id, 0.0) + gain
+        self._add_scores(scores, weighted, None)
         best = heapq.nsmallest(limit, scores.items(), key=_best_first)
         return [(node_id, score) for node_id, score in best if score > 0.0]
 
@@ -257,27 +275,49 @@ class KeywordIndex:
         for node_id in node_ids:
             if not isinstance(node_id, int) or isinstance(node_id, bool):
                 raise ValidationError("node_ids must be integers", "node_ids")
-            score = 0.0
-            for weight, postings, average in weighted:
-                frequency = postings.get(node_id)
-                if frequency is not None:
-                    score += weight * _saturation(frequency, self._lengths[node_id], average)
-            scores[node_id] = score
+            scores[node_id] = 0.0
+        self._add_scores(scores, weighted, scores.keys())
         return scores
 
-    def _weighted_postings(self, terms: Iterable[str]) -> list[tuple[float, dict[int, int], float]]:
-        """(IDF, postings, average document length) of each query term found, in query order."""
+    def _weighted_postings(self, terms: Iterable[str]) -> list[tuple[float, dict[int, int]]]:
+        """(IDF times (k1 + 1), postings) of each query term found, in query order."""
         count = len(self._lengths)
-        weighted: list[tuple[float, dict[int, int], float]] = []
+        weighted = []
         for term in terms:
             postings = self._postings.get(term)
             if postings is not None:
-                # A term has postings only if some document holds it, so count and total are > 0.
-                average = self._length_total / count
                 holding = len(postings)
-                weight = math.log(1.0 + (count - holding + 0.5) / (holding + 0.5))
-                weighted.append((weight, postings, average))
+                idf = math.log(1.0 + (count - holding + 0.5) / (holding + 0.5))
+                weighted.append((idf * (BM25_K1 + 1.0), postings))
         return weighted
+
+    def _add_scores(
+        self,
+        scores: dict[int, float],
+        weighted: list[tuple[float, dict[int, int]]],
+        among: Collection[int] | None,
+    ) -> None:
+        """Add each term's contribution to the scores of the nodes holding it (of `among` only,
+        if given), a term at a time in query order.
+
+        The one place a score is computed, so `search` and `score` agree to the last bit. The
+        length norm k1 * (1 - b + b * length / average) is written as base + slope * length.
+        """
+        if not weighted:
+            return
+        # A term has postings only if some document holds it, so the total length is > 0.
+        average = self._length_total / len(self._lengths)
+        base = BM25_K1 * (1.0 - BM25_B)
+        slope = BM25_K1 * BM25_B / average
+        lengths = self._lengths
+        for weight, postings in weighted:
+            if among is None:
+                holding: Iterable[tuple[int, int]] = postings.items()
+            else:
+                holding = [(node_id, postings[node_id]) for node_id in among if node_id in postings]
+            for node_id, frequency in holding:
+                gain = weight * frequency / (frequency + base + slope * lengths[node_id])
+                scores[node_id] = scores.get(node_id, 0.0) + gain
 
     @property
     def document_count(self) -> int:
@@ -303,12 +343,6 @@ class KeywordIndex:
             entries += len(terms)
         assert all(self._postings.values())
         assert entries == sum(len(postings) for postings in self._postings.values())
-
-
-def _saturation(frequency: int, length: int, average: float) -> float:
-    """BM25's term-frequency factor for a document of `length` terms."""
-    norm = BM25_K1 * (1.0 - BM25_B + BM25_B * length / average)
-    return frequency * (BM25_K1 + 1.0) / (frequency + norm)
 
 
 def _best_first(item: tuple[int, float]) -> tuple[float, int]:
