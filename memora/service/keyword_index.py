@@ -49,8 +49,8 @@ import re
 import unicodedata
 import weakref
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sized
-from typing import Final
+from collections.abc import Collection, Iterable, Sized
+from typing import Final, TypeVar
 
 from memora.core import constants, queries, validate
 from memora.core.errors import LimitError, ValidationError
@@ -73,6 +73,7 @@ STOP_WORDS: Final = frozenset(
     }
 )
 _PLURAL_KEPT: Final = ("ss", "us", "is")
+SizedT = TypeVar("SizedT", bound=Sized)
 # Below this many records, `_positions_changed` compares one by one instead of halving again.
 _POSITIONS_SCANNED_MAX: Final = 32
 
@@ -111,18 +112,27 @@ class _VersionCounts:
         self.counts: list[int] = []
         self.keys: list[int] = []  # The table's keys in its order: `counts[p]` is of `keys[p]`.
 
-    def changed(self, table: Mapping[int, Sized]) -> list[int]:
+    def changed(self, table: dict[int, SizedT]) -> list[int]:
         """The ids of the records that are new or have new versions since the last call."""
         counts = list(map(len, table.values()))
-        if counts == self.counts:
-            return []
         known = len(self.counts)
         assert len(counts) >= known, "a record left its table"
-        changed = [self.keys[position] for position in _positions_changed(self.counts, counts)]
-        added = list(itertools.islice(table, known, None))
+        # New records are at the end: set their counts aside so that the known ones compare
+        # without copying, and read their keys from the end (`reversed` does not walk the rest).
+        added_counts = counts[known:]
+        del counts[known:]
+        unchanged = counts == self.counts
+        if unchanged and not added_counts:
+            return []
+        changed = []
+        if not unchanged:
+            changed = [self.keys[position] for position in _positions_changed(self.counts, counts)]
+        added = list(itertools.islice(reversed(table), len(added_counts)))
+        added.reverse()
         self.keys += added
+        counts += added_counts
         self.counts = counts
-        assert len(self.keys) == len(self.counts)
+        assert len(self.keys) == len(self.counts) == len(table)
         return changed + added
 
 
