@@ -188,6 +188,18 @@ class KeywordIndex:
         assert self.as_of is None, "an index of the past is never refreshed"
         if self._source is None or self._source() is not ns:
             self._reset(ns)
+        reindexed = self._changed_nodes(ns)
+        for node_id in reindexed:
+            self._remove(node_id)
+            node = ns.live_node(node_id)
+            if node is not None:
+                live = ns.observations_live.get(node_id, {})
+                observations = [ns.observations[observation_id][-1] for observation_id in live]
+                self._add(node_id, document_tokens(node, observations))
+        return reindexed
+
+    def _changed_nodes(self, ns: NamespaceState) -> tuple[int, ...]:
+        """The nodes whose record or any of whose observations changed since the last call."""
         changed_nodes = self._node_counts.changed(ns.nodes)
         changed_observations = self._observation_counts.changed(ns.observations)
         if not changed_nodes and not changed_observations:
@@ -202,15 +214,7 @@ class KeywordIndex:
             newest = max(newest, self._check_newer(observation.updated.index))
             dirty.add(observation.node_id)
         self._index_seen = newest
-        reindexed = tuple(sorted(dirty))
-        for node_id in reindexed:
-            self._remove(node_id)
-            node = ns.live_node(node_id)
-            if node is not None:
-                live = ns.observations_live.get(node_id, {})
-                observations = [ns.observations[observation_id][-1] for observation_id in live]
-                self._add(node_id, document_tokens(node, observations))
-        return reindexed
+        return tuple(sorted(dirty))
 
     @classmethod
     def build_as_of(cls, ns: NamespaceState, as_of: int) -> KeywordIndex:
