@@ -14,8 +14,14 @@ vector or by one of their observations' vectors, plus those whose words match (B
 - `recency`: 0.5 ** (age / 30 days), the age of its newest change against the newest applied
   write (the state's own clock, so the same read gives the same ranking on every replica).
 The score is the weighted sum (`DEFAULT_WEIGHTS`, overridable per call), ties broken by node
-id. Archived entities (`memory_forget` with mode archive) are left out unless asked for, and so
-are observations whose validity ended before the newest applied write.
+id. The default weights favour meaning: on the labelled paraphrase set of tests/mcp/recall_set.py
+(69 questions, all-MiniLM-L6-v2) recall@5 was 0.96 with the vector part alone, 0.91-0.96 with
+these weights (depending on how entities are named), and 0.90-0.93 with a keyword weight of
+0.25, because a question rarely repeats its memory's words. Keywords and the graph still break
+ties and find exact names and identifiers that a sentence model blurs.
+
+Archived entities (`memory_forget` with mode archive) are left out unless asked for, and so are
+observations whose validity ended before the newest applied write.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from memora.core.types import FloatArray, Node, Observation, vector_from_bytes
 from memora.service.keyword_index import KeywordIndex
 
 DEFAULT_WEIGHTS: Final[Mapping[str, float]] = {
-    "vector": 0.55,
-    "keyword": 0.25,
+    "vector": 0.70,
+    "keyword": 0.10,
     "graph": 0.10,
     "recency": 0.10,
 }
