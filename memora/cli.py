@@ -9,6 +9,9 @@ Subcommands:
   running server (see `memora.mcp_cli`).
 - `memora cluster status|add-node|remove-node|transfer-leader`: look at and change a running
   cluster (see `memora.cluster_cli`).
+- `memora import FILE`: load the reference MCP memory server's `memory.jsonl` into a memory, on
+  an embedded node or through a running server (see `memora.transfer_cli`).
+- `memora export --format jsonl`: write a memory as the reference server's `memory.jsonl`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from memora import cluster_cli, mcp_cli, serve
+from memora import cluster_cli, mcp_cli, serve, transfer_cli
 from memora.service.demo import run_demo
 
 
@@ -52,6 +55,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             description=cluster_cli.__doc__.splitlines()[0] if cluster_cli.__doc__ else None,
         )
     )
+    transfer_cli.add_import_arguments(
+        commands.add_parser(
+            "import",
+            help="load a reference memory server's memory.jsonl",
+            description=transfer_cli.__doc__.splitlines()[0] if transfer_cli.__doc__ else None,
+        )
+    )
+    transfer_cli.add_export_arguments(
+        commands.add_parser(
+            "export",
+            help="write a memory as the reference memory server's memory.jsonl",
+            description=transfer_cli.__doc__.splitlines()[0] if transfer_cli.__doc__ else None,
+        )
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "serve":
         return serve.main(arguments)
@@ -59,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mcp_cli.main(arguments, os.environ, sys.stderr)
     if arguments.command == "cluster":
         return cluster_cli.main(arguments, os.environ, sys.stdout)
+    if arguments.command == "import":
+        return transfer_cli.import_main(arguments, os.environ, sys.stdout, sys.stderr)
+    if arguments.command == "export":
+        return transfer_cli.export_main(arguments, os.environ, sys.stdout, sys.stderr)
     if arguments.command == "demo":
         if arguments.data_dir:
             return run_demo(arguments.data_dir, sys.stdout)
