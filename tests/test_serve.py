@@ -37,7 +37,7 @@ class Server:
 
     def __init__(self, data_dir: Path, *flags: str, environment: dict[str, str] | None = None):
         command = [sys.executable, "-m", "memora", "serve", "--data-dir", str(data_dir)]
-        command += ["--http-port", "0", *flags]
+        command += ["--http-port", "0", "--mcp-port", "0", "--embedder", "hashing", *flags]
         self.process = subprocess.Popen(
             command,
             cwd=data_dir.parent,
@@ -128,7 +128,10 @@ def test_sigterm_drains_and_exits_0_and_a_restart_finds_the_data(
     data_dir = tmp_path / "data"
     server = start(servers, data_dir)
     assert any(str(data_dir) in line for line in server.lines)
-    assert any("MCP on port 9090: not served yet" in line for line in server.lines)
+    assert any(
+        re.search(r"MCP \(streamable HTTP\) on http://127\.0\.0\.1:\d+/mcp", line)
+        for line in server.lines
+    )
     assert any("listens on 127.0.0.1 only" in line for line in server.lines)
     created = server.post("/api/v1/nodes", {"id": 100, "label": "UserPreference"})
     assert created.status_code == 201, created.text

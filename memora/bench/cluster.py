@@ -78,7 +78,19 @@ class ServeProcess:
         flags = ["--node-id", str(node_id), "--peers", peers, "--data-dir", data_dir]
         flags += ["--cluster-id", CLUSTER_ID]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "memora", "serve", "--http-port", "0", *flags],
+            [
+                sys.executable,
+                "-m",
+                "memora",
+                "serve",
+                "--http-port",
+                "0",
+                "--mcp-port",
+                "0",
+                "--embedder",
+                "hashing",
+                *flags,
+            ],
             env={**os.environ, "MEMORA_CLUSTER_SECRET": SECRET},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

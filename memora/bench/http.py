@@ -212,7 +212,17 @@ class ServerProcess:
     def __init__(self, data_dir: str, *, open_files_soft_limit: int | None = None) -> None:
         command = [sys.executable, "-m", "memora", "serve", "--data-dir", data_dir]
         self.process = subprocess.Popen(
-            [*command, "--host", LOOPBACK_HOST, "--http-port", "0"],
+            [
+                *command,
+                "--host",
+                LOOPBACK_HOST,
+                "--http-port",
+                "0",
+                "--mcp-port",
+                "0",
+                "--embedder",
+                "hashing",
+            ],
             env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # One pipe, always drained by the reader thread.

@@ -40,7 +40,7 @@ class MemoraProcess:
         """`flags` are added to the command line (cluster membership, say)."""
         command = [sys.executable, "-m", "memora", "serve", "--data-dir", str(data_dir)]
         self.process = subprocess.Popen(
-            [*command, "--http-port", "0", *flags],
+            [*command, "--http-port", "0", "--mcp-port", "0", "--embedder", "hashing", *flags],
             env={**os.environ, "PYTHONPATH": str(REPOSITORY), **(environment or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # One pipe, always drained by the reader thread.
