@@ -301,7 +301,7 @@ def export_main(
         _say(err, _EXPORT, str(failure))
         return EXIT_FAILURE
     except OSError as error:
-        _say(err, _EXPORT, f"cannot write {output}: {error.strerror or error}")
+        _say(err, _EXPORT, f"cannot write {output or 'stdout'}: {error.strerror or error}")
         return EXIT_FAILURE
     entities, relations = counts
     where = output if output else "stdout"
@@ -311,25 +311,60 @@ def export_main(
     return 0
 
 
+class _Sink:
+    """Writes text out. The first error stops the writing and is kept, so that a reader that
+    went away (a closed pipe) is not taken for the server failing."""
+
+    def __init__(self, write: Callable[[str], object], flush: Callable[[], object]) -> None:
+        self._write = write
+        self._flush = flush
+        self.error: OSError | None = None
+
+    @classmethod
+    def utf8(cls, stream: IO[bytes]) -> _Sink:
+        return cls(lambda text: stream.write(text.encode("utf-8")), stream.flush)
+
+    def write(self, text: str) -> None:
+        if self.error is None:
+            try:
+                self._write(text)
+            except OSError as error:
+                self.error = error
+
+    def finish(self) -> None:
+        """Flush, then raise the first error if there was one."""
+        if self.error is None:
+            try:
+                self._flush()
+            except OSError as error:
+                self.error = error
+        if self.error is not None:
+            raise self.error
+
+
 @contextlib.contextmanager
 def _output(path: str | None, out: TextIO) -> Iterator[Callable[[str], object]]:
-    """A `write(text)` into `path`, replaced only once the export is whole; or into `out`."""
+    """A `write(text)` into `path`, which is replaced only once the export is whole; or into
+    `out` as it comes."""
     if path is None:
-        stream: IO[bytes] | None = getattr(out, "buffer", None)
-        if stream is None:
-            yield out.write
-        else:
-            yield lambda text: stream.write(text.encode("utf-8"))
-            stream.flush()
         out.flush()
+        buffer = getattr(out, "buffer", None)  # Bytes, whatever the locale's encoding.
+        sink = _Sink(out.write, out.flush) if buffer is None else _Sink.utf8(buffer)
+        try:
+            yield sink.write
+            sink.finish()
+        except BrokenPipeError:
+            _silence(out)  # The reader left (`| head`): nothing more can be said there.
+            raise
         return
     directory = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            yield lambda text: file.write(text.encode("utf-8"))
-            file.flush()
+            sink = _Sink.utf8(file)
+            yield sink.write
+            sink.finish()
             os.fchmod(file.fileno(), _file_mode(path))
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -338,6 +373,14 @@ def _output(path: str | None, out: TextIO) -> Iterator[Callable[[str], object]]:
             os.unlink(temporary)
         raise
     _fsync_directory(directory)
+
+
+def _silence(out: TextIO) -> None:
+    """Point `out` at /dev/null, so that flushing it at exit does not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
 
 
 def _file_mode(path: str) -> int:
@@ -414,8 +457,10 @@ def _run_remote(
 ) -> None:
     """Run `work` on the graph behind the MCP endpoint at `url`."""
 
+    refusals: list[str] = []
+
     async def run() -> str | None:
-        async with open_remote_store(url, token, source) as store:
+        async with open_remote_store(url, token, source, refusals) as store:
             try:
                 await work(store)
             except StoreError as error:
@@ -425,6 +470,8 @@ def _run_remote(
     try:
         failure = trio.run(run)
     except* (httpx2.HTTPError, OSError, MCPError) as group:
+        if refusals:
+            raise TransferFailed(f"the MCP server at {url} refused: {refusals[-1]}") from None
         raise TransferFailed(f"cannot reach the MCP server at {url}: {_first(group)}") from None
     if failure is not None:
         raise TransferFailed(failure)

@@ -478,13 +478,26 @@ def with_namespace(url: str, namespace: str | None) -> str:
 
 @contextlib.asynccontextmanager
 async def open_remote_store(
-    url: str, token: str | None, source: str | None = None
+    url: str,
+    token: str | None,
+    source: str | None = None,
+    refusals: list[str] | None = None,
 ) -> AsyncIterator[RemoteStore]:
-    """A session with the MCP endpoint at `url`, `token` sent as the bearer token."""
+    """A session with the MCP endpoint at `url`, `token` sent as the bearer token. The SDK
+    turns an HTTP error into a bare "Server returned an error response": every HTTP error
+    answer is added to `refusals` ("HTTP 401: unauthenticated: ...") to say what it was."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = httpx2.Timeout(remote_connect_timeout_s, read=remote_call_timeout_s)
+
+    async def record(response: httpx2.Response) -> None:
+        if response.status_code >= 400 and refusals is not None:
+            await response.aread()
+            refusals.append(_http_refusal(response.status_code, response.text))
+
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout) as http_client,
+        httpx2.AsyncClient(
+            headers=headers, timeout=timeout, event_hooks={"response": [record]}
+        ) as http_client,
         Client(
             streamable_http_client(url, http_client=http_client),
             mode="legacy",  # The initialize handshake, which every MCP server speaks.
@@ -493,6 +506,16 @@ async def open_remote_store(
         ) as client,
     ):
         yield RemoteStore(client, source)
+
+
+def _http_refusal(status: int, body: str) -> str:
+    """`HTTP 401: unauthenticated: ...` from Memora's error body, else the start of the body."""
+    try:
+        error = json.loads(body)["error"]
+        detail = f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        detail = " ".join(body.split())[:200] or "no details"
+    return f"HTTP {status}: {detail}"
 
 
 # -- Import ---------------------------------------------------------------------------------------
