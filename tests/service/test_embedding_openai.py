@@ -201,6 +201,8 @@ FAILURES: tuple[tuple[str, Answer, str], ...] = (
     ("status 401", fixed(401, b'{"error": "bad key"}'), "answered HTTP 401"),
     ("redirect", fixed(302, b""), "answered HTTP 302"),
     ("malformed JSON", fixed(200, b"{not json"), "malformed JSON"),
+    ("deeply nested JSON", fixed(200, b"[" * 100_000 + b"]" * 100_000), "malformed JSON"),
+    ("not UTF-8", fixed(200, b'{"data": "\xff"}'), "malformed JSON"),
     ("not an object", fixed(200, b"[1, 2]"), "no list of data"),
     ("no data", fixed(200, b'{"object": "list"}'), "no list of data"),
     ("wrong count", dropping_the_last, "1 embeddings for 2 texts"),

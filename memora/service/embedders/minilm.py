@@ -109,8 +109,9 @@ class MiniLmEmbedder:
     def _embed_checked(self, texts: list[str]) -> FloatMatrix:
         loaded = self._require_loaded()
         token_ids = [encoding.ids for encoding in loaded.tokenizer.encode_batch(texts)]
-        # Texts of similar length share a run, so that little of it is padding. The rows do not
-        # depend on what else is in their run: the attention mask hides the padding.
+        # Texts of similar length share a run, so that little of it is padding. A row does not
+        # depend on what else is in its run (the attention mask hides the padding; measured
+        # identical to one text per run, and tests/service/test_embedding.py checks it).
         order = sorted(range(len(texts)), key=lambda index: len(token_ids[index]))
         result = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for batch in chunks(order, minilm_batch_texts_max):

@@ -142,7 +142,8 @@ class OpenAICompatibleEmbedder:
             raise self._fail(message)
         try:
             return json.loads(content)
-        except ValueError as error:
+        # Deep nesting exhausts the parser's recursion, a hostile or broken answer included.
+        except (ValueError, RecursionError) as error:
             raise self._fail(f"answered with malformed JSON ({error})") from error
 
     def _fail(self, what: str) -> EmbeddingError:
