@@ -161,13 +161,16 @@ class KeywordIndex:
     """BM25 (Okapi; k1=1.2, b=0.75) over the entity documents of one namespace.
 
     Invariants (checked by `invariants`): `_postings` holds exactly the terms of the documents in
-    `_terms`, with their frequencies; a term with no postings is removed; `_lengths` has the same
-    keys as `_terms`; `_length_total` is the sum of `_lengths`.
+    `_terms`, with their frequencies; a term with no postings is removed; `_vocabulary` has the
+    keys of `_postings` and `_lengths` those of `_terms`; `_length_total` is the sum of `_lengths`.
     """
 
     def __init__(self) -> None:
         self._postings: dict[str, dict[int, int]] = {}  # term -> node id -> term frequency
         self._terms: dict[int, tuple[str, ...]] = {}  # node id -> its document's distinct terms
+        # term -> the one string object of that term that `_terms` shares: each document would
+        # otherwise hold copies of its own, half of the index's memory.
+        self._vocabulary: dict[str, str] = {}
         self._lengths: dict[int, int] = {}  # node id -> its document's length in terms
         self._length_total = 0
         self._source: weakref.ref[NamespaceState] | None = None
@@ -236,6 +239,7 @@ class KeywordIndex:
 
     def _reset(self, ns: NamespaceState) -> None:
         self._postings.clear()
+        self._vocabulary.clear()
         self._terms.clear()
         self._lengths.clear()
         self._length_total = 0
@@ -247,14 +251,18 @@ class KeywordIndex:
     def _add(self, node_id: int, document: list[str]) -> None:
         assert node_id not in self._terms, node_id
         frequencies = Counter(document)
-        postings = self._postings
+        postings, vocabulary = self._postings, self._vocabulary
+        terms = []
         for term, frequency in frequencies.items():
             found = postings.get(term)
             if found is None:
                 postings[term] = {node_id: frequency}
+                vocabulary[term] = term
+                terms.append(term)
             else:
                 found[node_id] = frequency
-        self._terms[node_id] = tuple(frequencies)
+                terms.append(vocabulary[term])
+        self._terms[node_id] = tuple(terms)
         self._lengths[node_id] = len(document)
         self._length_total += len(document)
 
@@ -267,6 +275,7 @@ class KeywordIndex:
             del postings[node_id]
             if not postings:
                 del self._postings[term]
+                del self._vocabulary[term]
         self._length_total -= self._lengths.pop(node_id)
         assert self._length_total >= 0
 
@@ -347,10 +356,12 @@ class KeywordIndex:
     def invariants(self) -> None:
         """Assert the class invariants (a full pass; for tests)."""
         assert self._lengths.keys() == self._terms.keys()
+        assert self._vocabulary.keys() == self._postings.keys()
         assert self._length_total == sum(self._lengths.values())
         entries = 0
         for node_id, terms in self._terms.items():
             assert len(set(terms)) == len(terms), node_id
+            assert all(self._vocabulary[term] is term for term in terms), node_id
             frequencies = [self._postings[term][node_id] for term in terms]
             assert all(frequency >= 1 for frequency in frequencies), node_id
             assert sum(frequencies) == self._lengths[node_id], node_id
