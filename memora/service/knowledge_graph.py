@@ -155,18 +155,22 @@ class KnowledgeGraph:
     def __init__(self, node: NodeApi, embedder: Embedder) -> None:
         self.node = node
         self.embedder = embedder
+        self._ready_namespaces: set[str] = set()  # Namespaces are never dropped: safe to keep.
 
     # -- Namespaces -------------------------------------------------------------------------------
 
     async def ensure_namespace(self, namespace: str, principal: str) -> None:
         """Create `namespace` with the embedder's dimension if it does not exist yet; refuse one
         whose dimension differs (its vectors could not be compared with this embedder's)."""
+        if namespace in self._ready_namespaces:
+            return
         replica = await self.node.read_barrier(Consistency.LINEARIZABLE)
         existing = replica.machine.namespaces.get(namespace)
         if existing is None:
             command = CreateNamespace(self.embedder.dimension, "cosine")
             try:
                 await self.node.write(Proposal(0, principal, namespace, None, command))
+                self._ready_namespaces.add(namespace)
                 return
             except ConflictError:  # Created by another writer meanwhile.
                 replica = await self.node.read_barrier(Consistency.LINEARIZABLE)
@@ -179,6 +183,7 @@ class KnowledgeGraph:
                 "ones; use another namespace or the embedder it was made with",
                 "namespace",
             )
+        self._ready_namespaces.add(namespace)
 
     # -- Writes -----------------------------------------------------------------------------------
 
