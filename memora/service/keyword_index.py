@@ -30,14 +30,19 @@ C-speed passes. Every changed record's newest version is asserted to be newer (`
 than anything seen before. A different `NamespaceState` object (a restored snapshot) means a
 rebuild from scratch.
 
-Measured on this machine (CPython 3.11, one core) with 10,000 nodes (20 random words of text each)
-and 30,000 observations (15 words each) over a 5,000-word vocabulary; best of many runs:
-- refresh with nothing changed: 1.0 ms (scanning every record's `updated.index` instead: 2.4 ms);
-- refresh after one node's text changed: 1.4 ms; after one observation was added: 1.6 ms;
-- the first refresh (indexing everything): 1.2 s;
-- a 3-word query, `search(..., limit=10)`: 0.1 ms for three random words, 2.9 ms when one of
-  them is in every document (the label);
-- memory: about 45 MB for the postings of the 10,000 documents.
+Measured with 10,000 nodes (20 random words of text each) and 30,000 observations (15 words each)
+over a 5,000-word vocabulary, on a shared two-core machine (CPython 3.11), best of 30 to 300 runs,
+each refresh right after the write it picks up:
+- refresh with nothing changed: 1.0-1.5 ms (finding the changes by every record's newest
+  `updated.index`, a Python-level loop, instead: 2.5 ms);
+- refresh after one node's text changed: 2.0 ms; after one observation was added: 1.6 ms; after
+  one was deleted: 3 ms;
+- a 3-word query, `search(..., limit=10)`: 0.3 ms for three random words; 4 ms when one of them
+  is in every document (the label "Person");
+- `score` of 1,000 given nodes for a 3-word query: 0.4 ms;
+- the first refresh (every document) or `build_as_of`: 1.4-1.7 s, and 35 MB of index. Both grow
+  linearly: at 100,000 entities the first refresh blocks for some 15 s, so a caller on the event
+  loop should build the index before the first query needs it.
 """
 
 from __future__ import annotations
