@@ -88,7 +88,7 @@ def rank(ns: NamespaceState, index: KeywordIndex, query: RecallQuery) -> list[Re
     """The `query.limit` best entities of the namespace's live state (see the module doc)."""
     if not 1 <= query.limit <= constants.top_k_max:
         raise ValidationError(f"limit must be between 1 and {constants.top_k_max}", "limit")
-    wanted = max(CANDIDATES_MIN, query.limit * CANDIDATES_PER_HIT)
+    wanted = min(constants.top_k_max, max(CANDIDATES_MIN, query.limit * CANDIDATES_PER_HIT))
     now_ms = query.now_ms
     similarity, matched = _vector_candidates(ns, query.vector, wanted, now_ms)
     keyword = dict(index.search(query.text, wanted)) if query.text.strip() else {}
