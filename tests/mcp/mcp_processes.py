@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import httpx2
 from mcp import Client
@@ -57,11 +57,6 @@ _MCP_LISTENING: Final = re.compile(r"MCP \(streamable HTTP\) on (http://127\.0\.
 _READY: Final = "ready; "
 
 
-def python_command(*arguments: str) -> list[str]:
-    """`python -m memora ARGUMENTS` with this interpreter (the venv's)."""
-    return [sys.executable, "-m", "memora", *arguments]
-
-
 def mcp_arguments(data_dir: Path, *flags: str) -> list[str]:
     """The arguments of an embedded `memora mcp` on `data_dir`, after `python`."""
     return ["-m", "memora", "mcp", "--data-dir", str(data_dir), "--embedder", EMBEDDER, *flags]
@@ -82,9 +77,10 @@ def stdio_parameters(arguments: Sequence[str]) -> StdioServerParameters:
     )
 
 
-def stdio_client_of(arguments: Sequence[str], log: TextIO, **options: Any) -> Client:
-    """An SDK client that starts `python ARGUMENTS`; the child's stderr goes to `log`."""
-    transport = stdio_client(stdio_parameters(arguments), errlog=log)
+def stdio_client_of(arguments: Sequence[str], **options: Any) -> Client:
+    """An SDK client that starts `python ARGUMENTS`. The child's stderr is this process's (which
+    pytest captures, and shows for a failed test)."""
+    transport = stdio_client(stdio_parameters(arguments), errlog=sys.stderr)
     return Client(transport, cache=None, **options)
 
 

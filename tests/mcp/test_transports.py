@@ -172,24 +172,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServeProcess
         yield process
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> Iterator[Any]:
-    """Where the test's stdio children write their stderr (shown when an assertion fails)."""
-    path = tmp_path / "stderr.log"
-    with path.open("w") as file:
-        yield file
-    sys.stdout.write(path.read_text())
-
-
 # -- stdio -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.trio
-async def test_stdio_extended_profile_lists_twenty_tools_and_round_trips(
-    tmp_path: Path, log: Any
-) -> None:
+async def test_stdio_extended_profile_lists_twenty_tools_and_round_trips(tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
-        async with stdio_client_of(mcp_arguments(tmp_path / "data"), log) as client:
+        async with stdio_client_of(mcp_arguments(tmp_path / "data")) as client:
             names = await tool_names(client)
             assert len(names) == 20
             assert sorted(names) == sorted(COMPAT_TOOLS + EXTENDED_TOOLS)
@@ -197,27 +186,27 @@ async def test_stdio_extended_profile_lists_twenty_tools_and_round_trips(
 
 
 @pytest.mark.trio
-async def test_stdio_compat_profile_lists_exactly_the_nine_tools(tmp_path: Path, log: Any) -> None:
+async def test_stdio_compat_profile_lists_exactly_the_nine_tools(tmp_path: Path) -> None:
     arguments = mcp_arguments(tmp_path / "data", "--profile", "compat")
     with trio.fail_after(TEST_TIMEOUT_S):
-        async with stdio_client_of(arguments, log) as client:
+        async with stdio_client_of(arguments) as client:
             assert sorted(await tool_names(client)) == sorted(COMPAT_TOOLS)
             await round_trip(client)
 
 
 @pytest.mark.trio
-async def test_stdio_memory_survives_a_restart(tmp_path: Path, log: Any) -> None:
+async def test_stdio_memory_survives_a_restart(tmp_path: Path) -> None:
     arguments = mcp_arguments(tmp_path / "data")
     with trio.fail_after(TEST_TIMEOUT_S):
-        async with stdio_client_of(arguments, log) as client:
+        async with stdio_client_of(arguments) as client:
             await round_trip(client)
             before = await call(client, "read_graph", {})
         # The first process has exited (the client reaps it), so the directory is free again.
-        async with stdio_client_of(arguments, log) as client:
+        async with stdio_client_of(arguments) as client:
             assert await call(client, "read_graph", {}) == before
             grace = entity("Grace Hopper", "person", "wrote a compiler")
             await call(client, "create_entities", {"entities": [grace]})
-        async with stdio_client_of(arguments, log) as client:
+        async with stdio_client_of(arguments) as client:
             after = await call(client, "read_graph", {})
             assert after["entities"] == [*before["entities"], grace]
             assert after["relations"] == before["relations"]
@@ -237,11 +226,11 @@ async def refused_mcp(arguments: list[str]) -> trio.CompletedProcess[bytes]:
 
 @pytest.mark.trio
 async def test_second_mcp_on_a_held_data_dir_is_refused_and_the_first_goes_on(
-    tmp_path: Path, log: Any
+    tmp_path: Path,
 ) -> None:
     arguments = mcp_arguments(tmp_path / "data")
     with trio.fail_after(TEST_TIMEOUT_S):
-        async with stdio_client_of(arguments, log) as client:
+        async with stdio_client_of(arguments) as client:
             await round_trip(client)
             before = await call(client, "read_graph", {})
             with trio.fail_after(REFUSAL_TIMEOUT_S):
@@ -394,11 +383,11 @@ def test_http_dns_rebinding_is_refused_by_host(server: McpServeProcess) -> None:
 
 @pytest.mark.trio
 async def test_relay_serves_the_servers_tools_and_writes_land_on_it(
-    server: McpServeProcess, log: Any
+    server: McpServeProcess,
 ) -> None:
     url = namespace_url(server, "relayed")
     with trio.fail_after(TEST_TIMEOUT_S):
-        async with stdio_client_of(relay_arguments(url, WRITER_TOKEN), log) as relayed:
+        async with stdio_client_of(relay_arguments(url, WRITER_TOKEN)) as relayed:
             assert sorted(await tool_names(relayed)) == sorted(COMPAT_TOOLS + EXTENDED_TOOLS)
             await round_trip(relayed)
             through_relay = await call(relayed, "read_graph", {})
@@ -420,12 +409,10 @@ def leaves(error: BaseException) -> Iterator[BaseException]:
 
 
 @pytest.mark.trio
-async def test_relay_with_a_wrong_token_fails_instead_of_hanging(
-    server: McpServeProcess, log: Any
-) -> None:
+async def test_relay_with_a_wrong_token_fails_instead_of_hanging(server: McpServeProcess) -> None:
     arguments = relay_arguments(server.mcp_url, "wrong-token-0123456789")
     with trio.fail_after(TEST_TIMEOUT_S), pytest.raises(BaseException) as failure:
-        async with stdio_client_of(arguments, log):
+        async with stdio_client_of(arguments):
             raise AssertionError("the relay should not have connected")
     errors = list(leaves(failure.value))
     assert any(isinstance(error, MCPError) for error in errors), errors
@@ -492,14 +479,14 @@ async def test_two_http_clients_writing_at_once_lose_nothing(server: McpServePro
 
 
 @pytest.mark.trio
-async def test_two_relays_writing_at_once_lose_nothing(server: McpServeProcess, log: Any) -> None:
+async def test_two_relays_writing_at_once_lose_nothing(server: McpServeProcess) -> None:
     url = namespace_url(server, "concurrent-relay")
     writers = ("up", "down")
     arguments = relay_arguments(url, WRITER_TOKEN)
     with trio.fail_after(TEST_TIMEOUT_S):
         async with (
-            stdio_client_of(arguments, log) as up,
-            stdio_client_of(arguments, log) as down,
+            stdio_client_of(arguments) as up,
+            stdio_client_of(arguments) as down,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(write_workload, up, writers[0])
@@ -551,13 +538,13 @@ async def check_graph_resource(client: Client) -> None:
 
 @pytest.mark.trio
 async def test_stdio_graph_resource_is_readable_and_subscribers_are_notified(
-    tmp_path: Path, log: Any
+    tmp_path: Path,
 ) -> None:
     notifications = Notifications()
     arguments = mcp_arguments(tmp_path / "data")
     with trio.fail_after(TEST_TIMEOUT_S):
         options = {"message_handler": notifications, "mode": "legacy"}
-        async with stdio_client_of(arguments, log, **options) as client:
+        async with stdio_client_of(arguments, **options) as client:
             await round_trip(client)
             await check_graph_resource(client)
             await subscribe_legacy(client)
@@ -567,11 +554,11 @@ async def test_stdio_graph_resource_is_readable_and_subscribers_are_notified(
 
 
 @pytest.mark.trio
-async def test_stdio_listen_stream_reports_graph_changes(tmp_path: Path, log: Any) -> None:
+async def test_stdio_listen_stream_reports_graph_changes(tmp_path: Path) -> None:
     """The 2026-07-28 way to subscribe: a `subscriptions/listen` stream."""
     with trio.fail_after(TEST_TIMEOUT_S):
         async with (
-            stdio_client_of(mcp_arguments(tmp_path / "data"), log) as client,
+            stdio_client_of(mcp_arguments(tmp_path / "data")) as client,
             client.listen(resource_subscriptions=[GRAPH_URI]) as events,
         ):
             assert events.honored.resource_subscriptions == [GRAPH_URI]
