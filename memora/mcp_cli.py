@@ -118,6 +118,10 @@ async def _warm_up(embedder: Embedder) -> None:
 
 
 def _relay(url: str, token: str | None, err: TextIO) -> int:
+    refusal = _preflight(url, token)
+    if refusal is not None:
+        _say(err, f"cannot relay to {url}: {refusal}")
+        return EXIT_FAILURE
     _say(err, f"relaying MCP on stdio to {url}")
     failure: BaseException | None = None
     try:
@@ -128,6 +132,27 @@ def _relay(url: str, token: str | None, err: TextIO) -> int:
         _say(err, f"the relay to {url} failed: {failure}")
         return EXIT_FAILURE
     return 0
+
+
+def _preflight(url: str, token: str | None) -> str | None:
+    """Why the server refuses this relay (unreachable, bad token, not an MCP endpoint), or None.
+
+    Checked once before serving: once the relay runs, the SDK reports an HTTP refusal to the
+    client only as "Server returned an error response"."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers["Accept"] = "application/json, text/event-stream"
+    try:
+        response = httpx2.post(url, json={}, headers=headers, timeout=10.0)
+    except httpx2.HTTPError as error:
+        return f"the server is unreachable ({error})"
+    if response.status_code in (401, 403):
+        try:
+            return str(response.json()["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            return f"the server answered HTTP {response.status_code}"
+    if response.status_code == 404:
+        return "no MCP endpoint there (HTTP 404); the path is /mcp on the MCP port"
+    return None
 
 
 async def _relay_messages(url: str, token: str | None) -> None:

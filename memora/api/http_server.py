@@ -215,9 +215,12 @@ class BodyDiscardingH11Protocol(hypercorn.protocol.h11.H11Protocol):
 
 class CoalescingH11Protocol(BodyDiscardingH11Protocol):
     """Sends a response's head, body and end in one write where hypercorn makes three (see the
-    module docstring). A body larger than `response_coalesce_bytes_max` is sent as it comes."""
+    module docstring). A body larger than `response_coalesce_bytes_max` is sent as it comes, and
+    so is a response without a Content-Length: a stream (server-sent events, chunked bodies)
+    whose every piece must reach the client when it is sent, not when the stream ends."""
 
     _held = b""  # The response bytes not sent yet; per connection once assigned.
+    _streaming = False  # The response in progress has no Content-Length.
 
     async def _send_h11_event(self, event: hypercorn.typing.H11SendableEvent) -> None:
         if not isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
@@ -231,8 +234,14 @@ class CoalescingH11Protocol(BodyDiscardingH11Protocol):
                 raise
             return
         assert data is not None, event
+        if isinstance(event, h11.Response):
+            self._streaming = all(name != b"content-length" for name, _ in event.headers)
         self._held += data
-        if isinstance(event, h11.EndOfMessage) or len(self._held) > response_coalesce_bytes_max:
+        if (
+            self._streaming
+            or isinstance(event, h11.EndOfMessage)
+            or len(self._held) > response_coalesce_bytes_max
+        ):
             await self._flush_held()
 
     async def stream_send(self, event: hypercorn.protocol.events.Event) -> None:

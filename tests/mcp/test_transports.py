@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import json
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -418,6 +419,20 @@ async def test_relay_with_a_wrong_token_fails_instead_of_hanging(server: McpServ
     assert any(isinstance(error, MCPError) for error in errors), errors
 
 
+def test_relay_says_why_the_server_refused_it(server: McpServeProcess) -> None:
+    arguments = relay_arguments(server.mcp_url, "wrong-token-0123456789")
+    finished = subprocess.run(
+        [sys.executable, *arguments],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TEST_TIMEOUT_S,
+    )
+    assert finished.returncode == 1
+    assert finished.stdout == ""
+    assert f"cannot relay to {server.mcp_url}: the bearer token is not valid" in finished.stderr
+
+
 # -- Two writers at once ---------------------------------------------------------------------------
 
 SHARED: Final = "Shared Notebook"
@@ -579,14 +594,6 @@ async def test_http_graph_resource_is_the_namespaces_graph(server: McpServeProce
             await check_graph_resource(client)  # Tenant a's graph, not the one above.
 
 
-COALESCING_BUG: Final = (
-    "memora.api.http_server.CoalescingH11Protocol holds a response's bytes until its end (or 64 "
-    "KiB), so the standalone GET SSE stream (and a subscriptions/listen stream) sends nothing "
-    "while it is open: server-sent notifications over HTTP never arrive"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=COALESCING_BUG)
 @pytest.mark.trio
 async def test_http_subscriber_is_notified_of_another_clients_write(
     server: McpServeProcess,
@@ -602,7 +609,6 @@ async def test_http_subscriber_is_notified_of_another_clients_write(
             assert await notifications.wait() == [GRAPH_URI]
 
 
-@pytest.mark.xfail(strict=True, reason=COALESCING_BUG)
 @pytest.mark.trio
 async def test_http_listen_stream_reports_another_clients_write(server: McpServeProcess) -> None:
     url = namespace_url(server, "listened")

@@ -3,8 +3,8 @@
 Every write tool takes `session_id`, `source`, `confidence`, `valid_from` and `valid_to`; every
 read tool takes `as_of`. Times are ISO 8601 (`2025-03-01`, `2025-03-01T09:30:00Z`; a time
 without a zone is UTC) or milliseconds since the epoch. A `MemoraError` becomes a tool error
-(`isError: true`) whose text starts with the error's stable code, then says what is wrong and
-which argument it was.
+(`isError: true`): after the SDK's "Error executing tool NAME: " its text starts with the error's
+stable code, then says what is wrong and which argument it was.
 """
 
 from __future__ import annotations
