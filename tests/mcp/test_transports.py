@@ -56,7 +56,7 @@ TEST_TIMEOUT_S: Final = 120.0
 REFUSAL_TIMEOUT_S: Final = 60.0
 HTTP_TIMEOUT_S: Final = 10.0
 NOTIFICATION_TIMEOUT_S: Final = 5.0
-WRITER_ENTITIES: Final = 100  # Entities each concurrent writer creates, one call each.
+WRITER_ENTITIES: Final = 40  # Entities each concurrent writer creates, one call each.
 
 WRITER_TOKEN: Final = "writer-token-0123456789"
 READER_TOKEN: Final = "reader-token-0123456789"
