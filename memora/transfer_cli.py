@@ -49,6 +49,7 @@ from memora.service.jsonl_io import (
     MemoryFileError,
     Problem,
     StoreError,
+    call_texts_max,
     chunk_entities_default,
     decode_memory_file,
     export_graph,
@@ -92,7 +93,8 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
         type=_chunk_size,
         default=chunk_entities_default,
         metavar="N",
-        help=f"entities per call, 1 to {entities_per_call_max} (default {chunk_entities_default})",
+        help=f"entities per call, 1 to {entities_per_call_max} (default {chunk_entities_default}); "
+        f"fewer when their texts would go over {call_texts_max}",
     )
 
 

@@ -39,6 +39,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from memora.core import constants, validate
 from memora.core.errors import MemoraError
+from memora.service.embedding import embed_texts_max
 from memora.service.knowledge_graph import (
     EntityInput,
     JsonDict,
@@ -56,14 +57,16 @@ from memora.service.knowledge_graph import (
 )
 
 # Entities per create_entities call unless `--chunk` says otherwise (at most
-# `entities_per_call_max`); relations go `relations_chunk_factor` times as many per call.
-chunk_entities_default: Final = 500
+# `entities_per_call_max`), fewer when their texts would go over `call_texts_max`; relations go
+# `relations_chunk_factor` times as many per call.
+chunk_entities_default: Final = 250
 relations_chunk_factor: Final = 4
 # The texts of one call, in UTF-8 bytes: half of the HTTP body limit `memora serve` applies by
 # default (8 MiB), leaving room for the JSON around and inside them.
 call_text_bytes_max: Final = 4 * 1024 * 1024
-# Commands in one call's batch (an entity or an observation is one each).
-call_commands_max: Final = constants.batch_commands_max
+# Texts one call embeds, which is also its commands (an entity is one, each observation one):
+# `KnowledgeGraph` embeds a call's texts in one `embed_many`, which takes `embed_texts_max`.
+call_texts_max: Final = min(embed_texts_max, constants.batch_commands_max)
 # Entities per read_graph page of an export.
 export_page_entities: Final = constants.list_limit_max
 # A remote call embeds up to a chunk of texts on the server before it answers.
@@ -74,7 +77,8 @@ quoted_chars_max: Final = 60
 
 assert chunk_entities_default <= entities_per_call_max
 assert entities_per_call_max * relations_chunk_factor <= relations_per_call_max
-assert observations_per_entity_max + 1 <= call_commands_max
+assert relations_per_call_max <= constants.batch_commands_max
+assert observations_per_entity_max + 1 <= call_texts_max
 assert constants.text_bytes_max <= call_text_bytes_max
 assert 1 <= export_page_entities <= constants.list_limit_max
 
@@ -550,7 +554,7 @@ class _Chunking:
     """How much one call may carry."""
 
     items_max: int
-    commands_max: int = call_commands_max
+    texts_max: int = call_texts_max
     text_bytes_max: int = call_text_bytes_max
 
 
@@ -792,21 +796,21 @@ def _chunks(
     items: Sequence[T], cost: Callable[[T], tuple[int, int]], chunking: _Chunking
 ) -> Iterator[list[T]]:
     """`items` in order, cut so that no chunk goes over any of `chunking`'s limits (a single
-    item over them is a chunk of its own)."""
+    item over them is a chunk of its own). `cost(item)` is (texts to embed, UTF-8 bytes)."""
     chunk: list[T] = []
-    commands = text_bytes = 0
+    texts = text_bytes = 0
     for item in items:
-        item_commands, item_bytes = cost(item)
+        item_texts, item_bytes = cost(item)
         full = (
             len(chunk) == chunking.items_max
-            or commands + item_commands > chunking.commands_max
+            or texts + item_texts > chunking.texts_max
             or text_bytes + item_bytes > chunking.text_bytes_max
         )
         if chunk and full:
             yield chunk
-            chunk, commands, text_bytes = [], 0, 0
+            chunk, texts, text_bytes = [], 0, 0
         chunk.append(item)
-        commands += item_commands
+        texts += item_texts
         text_bytes += item_bytes
     if chunk:
         yield chunk
@@ -834,7 +838,7 @@ def _observations_cost(item: ObservationInput) -> tuple[int, int]:
 
 def _relation_cost(relation: ParsedRelation) -> tuple[int, int]:
     texts = (relation.source, relation.target, relation.relation_type)
-    return 1, sum(_bytes(text) for text in texts)
+    return 0, sum(_bytes(text) for text in texts)  # A relation embeds nothing.
 
 
 def _name_cost(name: str) -> tuple[int, int]:

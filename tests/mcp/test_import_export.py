@@ -30,7 +30,7 @@ import trio
 from memora import cli, transfer_cli
 from memora.net.driver import LOCK_FILE, NodeDriver
 from memora.service import jsonl_io
-from memora.service.embedding import HashingEmbedder
+from memora.service.embedding import HashingEmbedder, embed_texts_max
 from memora.service.jsonl_io import (
     EmbeddedStore,
     MemoryFileError,
@@ -50,6 +50,8 @@ from memora.service.knowledge_graph import (
     ObservationInput,
     RelationInput,
     WriteContext,
+    entities_per_call_max,
+    observations_per_entity_max,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -632,6 +634,36 @@ def test_a_relation_whose_end_vanished_is_split_out_and_the_rest_created() -> No
         "line 5: relation 'b' -'r'-> 'gone' skipped: not_found: Entity with name gone not "
         "found (argument relations[0].to)"
     )
+
+
+class LimitedStore(FakeStore):
+    """Refuses, as no single item's fault, a call over the limits KnowledgeGraph enforces."""
+
+    async def create_entities(self, entities: Sequence[EntityInput]) -> list[JsonDict]:
+        self.check(len(entities), [len(item.observations) for item in entities], len(entities))
+        return await super().create_entities(entities)
+
+    async def add_observations(self, items: Sequence[ObservationInput]) -> list[JsonDict]:
+        self.check(len(items), [len(item.contents) for item in items], 0)
+        return await super().add_observations(items)
+
+    def check(self, items: int, observations: list[int], entity_texts: int) -> None:
+        texts = entity_texts + sum(observations)
+        if items > entities_per_call_max or max(observations) > observations_per_entity_max:
+            raise StoreError("limit", f"{items} items, {max(observations)} observations")
+        if texts > embed_texts_max:
+            raise StoreError("limit", f"{texts} texts in one call")
+
+
+def test_calls_stay_within_the_limits_of_one_call() -> None:
+    many = [f"fact {number}" for number in range(2_500)]
+    items = [entity("big", "t", many)]
+    items += [entity(f"e{number}", "t", ["a", "b", "c"]) for number in range(1_200)]
+    store = LimitedStore()
+    report = trio.run(import_graph, store, parse_memory_file(memory_file(items)), 1_000)
+    assert store.entities["big"]["observations"] == many
+    assert (report.entities_created, report.observations_added) == (1_201, 2_500 + 3_600)
+    assert report.skipped == []
 
 
 def test_an_error_no_item_caused_stops_the_import() -> None:
