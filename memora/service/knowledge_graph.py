@@ -156,6 +156,7 @@ class KnowledgeGraph:
         self.node = node
         self.embedder = embedder
         self._ready_namespaces: set[str] = set()  # Namespaces are never dropped: safe to keep.
+        self._search_texts: dict[str, SearchTexts] = {}
 
     # -- Namespaces -------------------------------------------------------------------------------
 
@@ -352,13 +353,18 @@ class KnowledgeGraph:
         """Entities whose name, type or an observation contains `query`, ignoring case, with
         every relation that touches them."""
         _check_text(query, "query")
-        ns = await self.reader(context)
+        replica = await self.node.read_barrier(context.consistency)
+        ns = replica.machine.reader(context.namespace, context.as_of)
         needle = query.lower()
-        found = [
-            node
-            for node in entity_nodes(ns, context.as_of)
-            if _contains(ns, node, needle, context.as_of)
-        ]
+        if context.as_of is None and SearchTexts.SEPARATOR not in needle:
+            texts = self._search_texts.setdefault(ns.info.name, SearchTexts())
+            found = texts.matching(ns, replica.machine.applied_index, needle)
+        else:
+            found = [
+                node
+                for node in entity_nodes(ns, context.as_of)
+                if _contains(ns, node, needle, context.as_of)
+            ]
         return graph_view(ns, found, context.as_of, only_from=False)
 
     async def open_nodes(self, context: ReadContext, names: Sequence[str]) -> JsonDict:
@@ -585,6 +591,42 @@ def relations_touching(
             relations.append((edge.id, relation_json(source.name, target.name, edge.kind)))
     relations.sort(key=lambda pair: pair[0])
     return [relation for _, relation in relations]
+
+
+class SearchTexts:
+    """Each entity's searchable text (name, type, observations), lower-cased once and kept until
+    the entity changes, for `search_nodes` on the live state.
+
+    An entry is stale when the node's record is not the one it was made from (a new version is
+    a new record) or the node's live observations are not the same ones (observations are
+    added and deleted, never edited). After a write, every entry is checked (a few comparisons
+    each); while the state does not move (the same applied index) a search only scans the
+    texts. Lower-casing every text on every search was most of its cost."""
+
+    SEPARATOR: Final = "\x00"  # Never in a needle that can match: a match stays in one field.
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Node, tuple[int, ...], str]] = {}
+        self._checked_at = -1  # The applied index at which every entry was last checked.
+
+    def matching(self, ns: NamespaceState, applied_index: int, needle: str) -> list[Node]:
+        """The live entities whose text contains `needle` (already lower-cased), by id."""
+        if applied_index != self._checked_at:
+            live = ns.names.values()
+            self._entries = {node_id: self._entry(ns, node_id) for node_id in sorted(live)}
+            self._checked_at = applied_index
+        return [node for node, _, text in self._entries.values() if needle in text]
+
+    def _entry(self, ns: NamespaceState, node_id: int) -> tuple[Node, tuple[int, ...], str]:
+        node = ns.nodes[node_id][-1]
+        observation_ids = tuple(ns.observations_live.get(node_id, ()))
+        entry = self._entries.get(node_id)
+        if entry is not None and entry[0] is node and entry[1] == observation_ids:
+            return entry
+        assert node.name is not None
+        parts = [node.name, node.label]
+        parts += [ns.observations[oid][-1].text for oid in observation_ids]
+        return node, observation_ids, self.SEPARATOR.join(parts).lower()
 
 
 def _contains(ns: NamespaceState, node: Node, needle: str, as_of: int | None) -> bool:

@@ -283,6 +283,33 @@ async def test_search_is_a_case_insensitive_substring_match_with_touching_relati
     assert nothing == {"entities": [], "relations": []}
 
 
+async def test_search_sees_every_change_to_an_entity(connect: ClientFactory) -> None:
+    async with connect() as client:
+        await seed(client)
+
+        async def names(query: str) -> list[str]:
+            found = await call(client, "search_nodes", {"query": query})
+            return [e["name"] for e in found["entities"]]
+
+        assert await names("volcano") == []
+        await call(
+            client,
+            "add_observations",
+            {"observations": [{"entityName": "Bob", "contents": ["Climbed a VOLCANO"]}]},
+        )
+        assert await names("volcano") == ["Bob"]
+        await call(
+            client,
+            "delete_observations",
+            {"deletions": [{"entityName": "Bob", "observations": ["Climbed a VOLCANO"]}]},
+        )
+        assert await names("volcano") == []
+        await call(client, "delete_entities", {"entityNames": ["Bob"]})
+        await call(client, "create_entities", {"entities": [entity("Bob", "volcanologist")]})
+        assert await names("volcano") == ["Bob"]
+        assert await names("person\x00") == []  # A needle never matches across fields.
+
+
 async def test_open_nodes_returns_the_named_entities_and_every_relation_touching_them(
     connect: ClientFactory,
 ) -> None:
