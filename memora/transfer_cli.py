@@ -40,7 +40,7 @@ from memora.core import constants, validate
 from memora.core.errors import MemoraError, ValidationError
 from memora.core.types import Provenance
 from memora.net.driver import NodeDriver
-from memora.net.raft_storage import RaftStorageError
+from memora.net.raft_storage import RAFT_DIRECTORY, RaftStorageError
 from memora.service.embedding import DEFAULT_EMBEDDER_SPEC, Embedder, embedder_from_spec
 from memora.service.jsonl_io import (
     EmbeddedStore,
@@ -418,7 +418,8 @@ def _run_embedded(
 ) -> int:
     """Open the node on `data_dir`, run `work` on its graph, close it; returns the applied
     index. Without `create`, a missing data directory or namespace is a failure."""
-    if not create and not os.path.isdir(data_dir):
+    if not create and not os.path.isdir(os.path.join(data_dir, RAFT_DIRECTORY)):
+        # Opening would make a new node there: an export must not write anything.
         raise TransferFailed(f"there is no data directory {data_dir}")
     try:
         node = NodeDriver.open(data_dir)

@@ -734,6 +734,15 @@ def test_clear_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
         f"memora export: there is no data directory {tmp_path / 'nothing'}",
     )
     assert not (tmp_path / "nothing").exists()
+    code, _, err = run(capsys, "export", "--data-dir", str(tmp_path))  # Exists, holds no node.
+    assert (code, err.strip()) == (1, f"memora export: there is no data directory {tmp_path}")
+    assert not (tmp_path / LOCK_FILE).exists()
+    import_file(capsys, good, Path(data_dir))
+    code, _, err = run(capsys, "export", "--data-dir", data_dir, "--namespace", "nope")
+    assert (code, err.strip()) == (
+        1,
+        "memora export: not_found: namespace 'nope' does not exist (argument namespace)",
+    )
     code, _, err = run(capsys, "import", str(good), "--server", "http://127.0.0.1:1/mcp")
     assert code == 1
     assert err.startswith("memora import: cannot reach the MCP server at http://127.0.0.1:1/mcp")
@@ -743,9 +752,9 @@ def test_a_data_directory_a_server_holds_is_refused_with_a_hint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir = tmp_path / "data"
-    data_dir.mkdir()
     good = tmp_path / "good.jsonl"
     good.write_text(line(entity("A", "t", [])))
+    import_file(capsys, good, data_dir)
     descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # As a running server holds it.
