@@ -39,14 +39,16 @@ from memora.api.auth import OPEN_ACCESS_PRINCIPAL
 from memora.core import constants, validate
 from memora.core.errors import MemoraError, ValidationError
 from memora.core.types import Provenance
-from memora.net.driver import NodeDriver
+from memora.net.driver import DataDirLockedError, NodeDriver
 from memora.net.raft_storage import RAFT_DIRECTORY, RaftStorageError
 from memora.service.embedding import DEFAULT_EMBEDDER_SPEC, Embedder, embedder_from_spec
 from memora.service.jsonl_io import (
     EmbeddedStore,
+    ExportCounts,
     GraphStore,
     ImportReport,
     MemoryFileError,
+    ParsedGraph,
     Problem,
     StoreError,
     call_texts_max,
@@ -139,14 +141,10 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-@contextlib.contextmanager
-def _usage_errors(err: TextIO, prefix: str) -> Iterator[None]:
-    """Bad values that argparse cannot check become exit code 2."""
-    try:
-        yield
-    except MemoraError as error:
-        _say(err, prefix, f"{error.field or 'argument'}: {error.message}")
-        raise SystemExit(EXIT_USAGE) from None
+def _usage(err: TextIO, prefix: str, error: MemoraError) -> int:
+    """A bad value that argparse could not check: one line, exit code 2."""
+    _say(err, prefix, f"{error.field or 'argument'}: {error.message}")
+    return EXIT_USAGE
 
 
 # -- Import ---------------------------------------------------------------------------------------
@@ -158,23 +156,17 @@ def import_main(
     arguments: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO
 ) -> int:
     try:
-        with _usage_errors(err, _IMPORT):
-            namespace = _namespace(arguments)
-            embedder = _embedder(arguments)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
+        namespace = _namespace(arguments)
+        embedder = _embedder(arguments)
+    except MemoraError as error:
+        return _usage(err, _IMPORT, error)
     path = arguments.file
     try:
-        with open(path, "rb") as file:
-            parsed = parse_memory_file(decode_memory_file(file.read()))
-    except OSError as error:
-        _say(err, _IMPORT, f"cannot read {path}: {error.strerror or error}")
-        return EXIT_FAILURE
-    except MemoryFileError as error:
-        _say(err, _IMPORT, f"{path} is not a memory file: {error}")
+        parsed = _read_memory_file(path)
+    except TransferFailed as failure:
+        _say(err, _IMPORT, str(failure))
         return EXIT_FAILURE
     report = ImportReport()
-    source = _source(path)
     progress = _progress_printer(err, arguments.chunk)
     started: list[bool] = []
 
@@ -186,23 +178,35 @@ def import_main(
         if arguments.server:
             token = arguments.token or environ.get(TOKEN_VARIABLE)
             url = with_namespace(arguments.server, arguments.namespace)
+            _run_remote(url, token, _source(path), work)
             place = arguments.server
-            _run_remote(url, token, source, work)
         else:
             assert embedder is not None
             data_dir = arguments.data_dir or DEFAULT_DATA_DIR
-            index = _run_embedded(data_dir, embedder, namespace, source, work, create=True)
+            index = _run_embedded(data_dir, embedder, namespace, _source(path), work, create=True)
             place = f"{data_dir}, commit index {index}"
     except TransferFailed as failure:
-        if not started:
+        if started:
+            _print_summary(out, f"stopped importing {path}", report, parsed.problems)
+            _say(err, _IMPORT, f"{failure}; what was imported stays, importing again is safe")
+        else:
             _say(err, _IMPORT, str(failure))
-            return EXIT_FAILURE
-        _print_summary(out, f"stopped importing {path}", report, parsed.problems)
-        _say(err, _IMPORT, f"{failure}; what was imported stays, and importing again is safe")
         return EXIT_FAILURE
     title = f"imported {path} into namespace {namespace!r} of {place}"
     _print_summary(out, title, report, parsed.problems)
     return 0
+
+
+def _read_memory_file(path: str) -> ParsedGraph:
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise TransferFailed(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        return parse_memory_file(decode_memory_file(data))
+    except MemoryFileError as error:
+        raise TransferFailed(f"{path} is not a memory file: {error}") from None
 
 
 def _namespace(arguments: argparse.Namespace) -> str:
@@ -256,7 +260,7 @@ def _print_summary(
         + (f" ({r.relations_repeated} repeats dropped)" if r.relations_repeated else ""),
     ]
     if problems:
-        lines.append(f"  file          {_count(len(problems), 'unreadable item')} skipped")
+        lines.append(f"  file          {_count(len(problems), 'problem')}: skipped (below)")
     details = [*problems, *r.skipped, *r.notes]
     lines += [f"  {detail}" for detail in details[:details_shown_max]]
     if len(details) > details_shown_max:
@@ -273,43 +277,36 @@ def export_main(
     arguments: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO
 ) -> int:
     try:
-        with _usage_errors(err, _EXPORT):
-            namespace = _namespace(arguments)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    counts: list[int] = []
-
-    async def work(store: GraphStore, write: Callable[[str], object]) -> None:
-        exported = await export_graph(store, write, as_of=arguments.as_of)
-        counts[:] = [exported.entities, exported.relations]
-
+        namespace = _namespace(arguments)
+    except MemoraError as error:
+        return _usage(err, _EXPORT, error)
     output = arguments.output
+    exported: list[ExportCounts] = []
     try:
         with _output(output, out) as write:
 
-            async def export(store: GraphStore) -> None:
-                await work(store, write)
+            async def work(store: GraphStore) -> None:
+                exported.append(await export_graph(store, write, as_of=arguments.as_of))
 
             if arguments.server:
                 token = arguments.token or environ.get(TOKEN_VARIABLE)
                 url = with_namespace(arguments.server, arguments.namespace)
-                _run_remote(url, token, None, export)
+                _run_remote(url, token, None, work)
             else:
                 data_dir = arguments.data_dir or DEFAULT_DATA_DIR
-                # Reading needs no embedder; the hashing one loads nothing.
-                embedder = embedder_from_spec("hashing")
-                _run_embedded(data_dir, embedder, namespace, None, export, create=False)
+                reader = embedder_from_spec("hashing")  # Reads embed nothing; this loads nothing.
+                _run_embedded(data_dir, reader, namespace, None, work, create=False)
     except TransferFailed as failure:
         _say(err, _EXPORT, str(failure))
         return EXIT_FAILURE
     except OSError as error:
         _say(err, _EXPORT, f"cannot write {output or 'stdout'}: {error.strerror or error}")
         return EXIT_FAILURE
-    entities, relations = counts
-    where = output if output else "stdout"
+    counts = exported[0]
+    what = f"{_count(counts.entities, 'entity', 'entities')} and "
+    what += _count(counts.relations, "relation")
     as_of = "" if arguments.as_of is None else f" as of commit index {arguments.as_of}"
-    exported = f"{_count(entities, 'entity', 'entities')} and {_count(relations, 'relation')}"
-    _say(err, _EXPORT, f"{exported}{as_of} to {where}")
+    _say(err, _EXPORT, f"{what}{as_of} to {output or 'stdout'}")
     return 0
 
 
@@ -425,7 +422,7 @@ def _run_embedded(
         node = NodeDriver.open(data_dir)
     except (OSError, ValueError, RaftStorageError, MemoraError) as error:
         hint = ""
-        if "in use" in str(error):
+        if isinstance(error, DataDirLockedError):
             hint = "; a running `memora serve` holds it: use --server http://HOST:9090/mcp"
         raise TransferFailed(f"cannot open the data directory {data_dir}: {error}{hint}") from None
     graph = KnowledgeGraph(node, embedder)
@@ -459,7 +456,6 @@ def _run_remote(
     work: Callable[[GraphStore], Awaitable[None]],
 ) -> None:
     """Run `work` on the graph behind the MCP endpoint at `url`."""
-
     refusals: list[str] = []
 
     async def run() -> str | None:
