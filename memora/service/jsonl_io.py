@@ -652,6 +652,7 @@ class _Importer:
         self.report = report
         self.chunk_size = chunk_size
         self.where: dict[str, str] = {}  # Entity name: its (first) place in the file.
+        self.skipped_entities: set[str] = set()
 
     async def entities(self, chunk: list[ParsedEntity]) -> set[str]:
         """Create the chunk's new entities and add what the others lack; returns the names of
@@ -664,6 +665,7 @@ class _Importer:
         def failed(head: EntityInput, error: StoreError) -> None:
             entity = by_name[head.name]
             skipped.add(entity.name)
+            self.skipped_entities.add(entity.name)
             self.report.entities_skipped += 1
             self.report.observations_skipped += len(entity.observations)
             message = f"entity {_quote(entity.name)} skipped: {error}"
@@ -733,7 +735,7 @@ class _Importer:
         for relation in relations:
             missing = [name for name in (relation.source, relation.target) if name not in known]
             if missing:
-                self.skip_relation(relation, f"there is no entity {_quote(missing[0])}")
+                self.skip_relation(relation, self.why_missing(missing[0]))
             else:
                 sendable.append(relation)
         by_key = {_relation_key(relation): relation for relation in sendable}
@@ -754,6 +756,11 @@ class _Importer:
             done += len(chunk)
             if progress is not None:
                 progress("relations", done, len(sendable))
+
+    def why_missing(self, name: str) -> str:
+        if name in self.skipped_entities:
+            return f"the entity {_quote(name)} was skipped ({self.where[name]})"
+        return f"there is no entity {_quote(name)}"
 
     def skip_relation(self, relation: ParsedRelation, reason: str) -> None:
         self.report.relations_skipped += 1

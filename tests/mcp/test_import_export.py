@@ -611,6 +611,9 @@ def test_a_chunk_that_fails_because_of_one_entity_is_split_around_it() -> None:
     assert (report.entities_created, report.entities_skipped) == (9, 1)
     assert (report.observations_added, report.observations_skipped) == (9, 1)
     assert report.relations_skipped == 2
+    assert str(report.skipped[1]) == (
+        "line 11: relation 'e1' -'knows'-> 'e7' skipped: the entity 'e7' was skipped (line 8)"
+    )
     assert str(report.skipped[0]) == (
         "line 8: entity 'e7' skipped: too_large: the command encodes to 70000000 bytes "
         "(argument command)"
