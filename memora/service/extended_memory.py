@@ -161,12 +161,8 @@ class ExtendedMemory:
 
     async def remember(self, context: WriteContext, content: str, about: Sequence[str]) -> JsonDict:
         """Store a raw episode (what was said or seen), linked to the entities it is about."""
-        vectors = Vectors()
-        vectors.add(
-            [content], await trio.to_thread.run_sync(self.graph.embedder.embed_many, [content])
-        )
 
-        def plan(ns: NamespaceState, _: Vectors) -> Plan:
+        def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
             node_id = ns.next_node_id
             targets = list(dict.fromkeys(_entity_id(ns, name, "about") for name in about))
             commands: list[SimpleCommand] = [
@@ -185,7 +181,7 @@ class ExtendedMemory:
             episode = f"{EPISODE_SOURCE_PREFIX}{node_id}"
             return Plan(tuple(commands), {"episode_id": episode, "about": list(about)})
 
-        result: JsonDict = await self.graph.write_planned(context, plan, vectors)
+        result: JsonDict = await self.graph.write_planned(context, plan, Vectors())
         return result
 
     async def supersede(
@@ -193,10 +189,8 @@ class ExtendedMemory:
     ) -> JsonDict:
         """Replace the observation `old` of an entity with `new`, keeping `old` in history."""
         text = observation_text(entity_name, new)
-        vectors = Vectors()
-        vectors.add([text], await trio.to_thread.run_sync(self.graph.embedder.embed_many, [text]))
 
-        def plan(ns: NamespaceState, _: Vectors) -> Plan:
+        def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
             node_id = _entity_id(ns, entity_name, "entityName")
             current = [o for o in observations_at(ns, node_id, None) if o.text == old]
             if not current:
@@ -221,7 +215,7 @@ class ExtendedMemory:
                 },
             )
 
-        result: JsonDict = await self.graph.write_planned(context, plan, vectors)
+        result: JsonDict = await self.graph.write_planned(context, plan, Vectors())
         return result
 
     # -- History and provenance -------------------------------------------------------------------

@@ -58,7 +58,7 @@ from memora.core.types import (
     vector_to_bytes,
 )
 from memora.net.node_api import Consistency, NodeApi, UnavailableError
-from memora.service.embedding import Embedder
+from memora.service.embedding import Embedder, embed_texts_max
 
 # The namespace MCP clients use unless they name another.
 DEFAULT_MCP_NAMESPACE: Final = "memory"
@@ -122,13 +122,16 @@ class ReadContext:
 
 
 class Vectors:
-    """Texts embedded so far for one write, as the bytes a command carries."""
+    """Texts embedded so far for one write, as the bytes a command carries.
+
+    A plan asks for the vector of each text it writes. A text not embedded yet is noted as
+    missing and answered with a placeholder: the write embeds what is missing, then plans again
+    from a fresh read, so only texts that will really be written are ever embedded (a client
+    re-sending what exists pays no model time)."""
 
     def __init__(self) -> None:
         self._by_text: dict[str, bytes] = {}
-
-    def missing(self, texts: Iterable[str]) -> list[str]:
-        return list(dict.fromkeys(text for text in texts if text not in self._by_text))
+        self.missing: dict[str, None] = {}
 
     def add(self, texts: Sequence[str], matrix: npt.NDArray[np.float32]) -> None:
         assert matrix.shape[0] == len(texts)
@@ -136,7 +139,11 @@ class Vectors:
             self._by_text[text] = vector_to_bytes(row)
 
     def __getitem__(self, text: str) -> bytes:
-        return self._by_text[text]
+        vector = self._by_text.get(text)
+        if vector is None:
+            self.missing[text] = None
+            return b""
+        return vector
 
 
 def entity_text(name: str, entity_type: str) -> str:
@@ -195,17 +202,11 @@ class KnowledgeGraph:
         _check_count(entities, "entities", entities_per_call_max)
         for entity in entities:
             _check_count(entity.observations, "observations", observations_per_entity_max)
-        texts = [entity_text(entity.name, entity.entity_type) for entity in entities]
-        texts += [
-            observation_text(entity.name, content)
-            for entity in entities
-            for content in entity.observations
-        ]
 
         def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
             return _plan_create_entities(ns, entities, vectors, context.provenance)
 
-        result: list[JsonDict] = await self._write(context, plan, texts)
+        result: list[JsonDict] = await self.write_planned(context, plan, Vectors())
         return result
 
     async def create_relations(
@@ -217,7 +218,7 @@ class KnowledgeGraph:
         def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
             return _plan_create_relations(ns, relations, context.provenance)
 
-        result: list[JsonDict] = await self._write(context, plan, ())
+        result: list[JsonDict] = await self.write_planned(context, plan, Vectors())
         return result
 
     async def add_observations(
@@ -227,14 +228,11 @@ class KnowledgeGraph:
         _check_count(items, "observations", entities_per_call_max)
         for item in items:
             _check_count(item.contents, "contents", observations_per_entity_max)
-        texts = [
-            observation_text(item.entity_name, text) for item in items for text in item.contents
-        ]
 
         def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
             return _plan_add_observations(ns, items, vectors, context.provenance)
 
-        result: list[JsonDict] = await self._write(context, plan, texts)
+        result: list[JsonDict] = await self.write_planned(context, plan, Vectors())
         return result
 
     async def delete_entities(self, context: WriteContext, names: Sequence[str]) -> int:
@@ -246,7 +244,7 @@ class KnowledgeGraph:
             ids = _unique(node_id for name in names if (node_id := ns.names.get(name)) is not None)
             return Plan(tuple(DeleteNode(node_id) for node_id in ids), len(ids))
 
-        deleted: int = await self._write(context, plan, ())
+        deleted: int = await self.write_planned(context, plan, Vectors())
         return deleted
 
     async def delete_observations(
@@ -259,7 +257,7 @@ class KnowledgeGraph:
             ids = _unique(_observations_to_delete(ns, deletions))
             return Plan(tuple(DeleteObservation(oid) for oid in ids), len(ids))
 
-        deleted: int = await self._write(context, plan, ())
+        deleted: int = await self.write_planned(context, plan, Vectors())
         return deleted
 
     async def delete_relations(
@@ -272,19 +270,8 @@ class KnowledgeGraph:
             ids = _unique(_relations_to_delete(ns, relations))
             return Plan(tuple(DeleteEdge(edge_id) for edge_id in ids), len(ids))
 
-        deleted: int = await self._write(context, plan, ())
+        deleted: int = await self.write_planned(context, plan, Vectors())
         return deleted
-
-    async def _write(
-        self,
-        context: WriteContext,
-        plan: Callable[[NamespaceState, Vectors], Plan],
-        texts: Sequence[str],
-    ) -> Any:
-        """Embed `texts`, then `write_planned`."""
-        vectors = Vectors()
-        await self._embed(vectors, texts)
-        return await self.write_planned(context, plan, vectors)
 
     async def write_planned(
         self,
@@ -292,11 +279,16 @@ class KnowledgeGraph:
         plan: Callable[[NamespaceState, Vectors], Plan],
         vectors: Vectors,
     ) -> Any:
-        """Plan from a fresh linearizable read and propose; plan again after a conflict (another
-        writer got in between the read and the write). Returns the plan's result."""
+        """Plan from a fresh linearizable read and propose; plan again after embedding the texts
+        the plan lacked, and after a conflict (another writer got in between the read and the
+        write). Returns the plan's result."""
         for _ in range(plan_attempts_max):
             replica = await self.node.read_barrier(Consistency.LINEARIZABLE)
+            vectors.missing.clear()
             planned = plan(replica.machine.reader(context.namespace), vectors)
+            if vectors.missing:
+                await self._embed(vectors, list(vectors.missing))
+                continue  # The state may have moved while the model ran: plan again.
             if not planned.commands:
                 return planned.result
             proposal = Proposal(
@@ -313,10 +305,11 @@ class KnowledgeGraph:
         )
 
     async def _embed(self, vectors: Vectors, texts: Sequence[str]) -> None:
-        missing = vectors.missing(texts)
-        if missing:
-            matrix = await trio.to_thread.run_sync(self.embedder.embed_many, missing)
-            vectors.add(missing, matrix)
+        """Embed `texts` in a worker thread, at most `embed_texts_max` per model call."""
+        for start in range(0, len(texts), embed_texts_max):
+            chunk = texts[start : start + embed_texts_max]
+            matrix = await trio.to_thread.run_sync(self.embedder.embed_many, chunk)
+            vectors.add(chunk, matrix)
 
     # -- Reads ------------------------------------------------------------------------------------
 

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 import trio
 from conftest import ClientFactory
 from mcp import Client
+
+from memora.service.embedding import HashingEmbedder
 
 GRAPH = "memory://knowledge-graph"
 COMPAT_TOOLS = {
@@ -434,3 +439,35 @@ async def test_a_listener_hears_that_the_graph_changed(connect: ClientFactory) -
         with trio.fail_after(5):
             event = await listening.__anext__()
     assert GRAPH in str(event)
+
+
+class CountingEmbedder(HashingEmbedder):
+    """Counts the texts it is asked to embed."""
+
+    def __init__(self) -> None:
+        super().__init__(64)
+        self.texts = 0
+
+    def embed_many(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.texts += len(texts)
+        return super().embed_many(texts)
+
+
+async def test_a_large_call_is_embedded_in_chunks_and_duplicates_are_never_embedded(
+    connect: ClientFactory,
+) -> None:
+    embedder = CountingEmbedder()
+    many = [entity(f"e{i}", "thing", "a", "b", "c") for i in range(300)]  # 1,200 texts.
+    async with connect(embedder=embedder) as client:
+        created = await call(client, "create_entities", {"entities": many})
+        first = embedder.texts
+        again = await call(client, "create_entities", {"entities": many})
+        added = await call(
+            client,
+            "add_observations",
+            {"observations": [{"entityName": "e1", "contents": ["a", "b", "new"]}]},
+        )
+    assert len(created["entities"]) == 300 and again == {"entities": []}
+    assert first == 1_200
+    assert embedder.texts == first + 1  # Only "new" was embedded after the first call.
+    assert added["results"][0]["addedObservations"] == ["new"]
