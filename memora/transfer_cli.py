@@ -55,6 +55,7 @@ from memora.service.jsonl_io import (
     chunk_entities_default,
     decode_memory_file,
     export_graph,
+    export_page_entities,
     import_graph,
     open_remote_store,
     parse_memory_file,
@@ -286,7 +287,13 @@ def export_main(
         with _output(output, out) as write:
 
             async def work(store: GraphStore) -> None:
-                exported.append(await export_graph(store, write, as_of=arguments.as_of))
+                # Embedded: one read, so relations keep their creation order at any size.
+                # A server: pages, so no answer is the whole memory.
+                pages = export_page_entities if arguments.server else None
+                counts = await export_graph(
+                    store, write, as_of=arguments.as_of, page_entities=pages
+                )
+                exported.append(counts)
 
             if arguments.server:
                 token = arguments.token or environ.get(TOKEN_VARIABLE)

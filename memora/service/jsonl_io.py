@@ -375,7 +375,7 @@ class GraphStore(Protocol):
     async def open_nodes(self, names: Sequence[str]) -> JsonDict: ...
 
     async def read_graph(
-        self, *, limit: int, cursor: str | None, as_of: int | None
+        self, *, limit: int | None, cursor: str | None, as_of: int | None
     ) -> JsonDict: ...
 
 
@@ -410,7 +410,9 @@ class EmbeddedStore:
         with _store_errors():
             return await self.graph.open_nodes(ReadContext(self.write.namespace), names)
 
-    async def read_graph(self, *, limit: int, cursor: str | None, as_of: int | None) -> JsonDict:
+    async def read_graph(
+        self, *, limit: int | None, cursor: str | None, as_of: int | None
+    ) -> JsonDict:
         context = ReadContext(self.write.namespace, as_of)
         with _store_errors():
             return await self.graph.read_graph(context, detail="full", limit=limit, cursor=cursor)
@@ -441,8 +443,12 @@ class RemoteStore:
     async def open_nodes(self, names: Sequence[str]) -> JsonDict:
         return await self._call("open_nodes", {"names": list(names)}, write=False)
 
-    async def read_graph(self, *, limit: int, cursor: str | None, as_of: int | None) -> JsonDict:
-        arguments: JsonDict = {"detail": "full", "limit": limit}
+    async def read_graph(
+        self, *, limit: int | None, cursor: str | None, as_of: int | None
+    ) -> JsonDict:
+        arguments: JsonDict = {"detail": "full"}
+        if limit is not None:
+            arguments["limit"] = limit
         if cursor is not None:
             arguments["cursor"] = cursor
         if as_of is not None:
@@ -888,17 +894,19 @@ async def export_graph(
     write: Callable[[str], object],
     *,
     as_of: int | None = None,
-    page_entities: int = export_page_entities,
+    page_entities: int | None = export_page_entities,
 ) -> ExportCounts:
     """Write the store's graph (as of commit `as_of`, if given) with `write`, in the reference
     server's format: entity lines in creation order, then relation lines.
 
     The graph is read in pages of `page_entities` entities, each with the relations that start
     at its entities: relations come by the page of their `from` entity, in creation order
-    within a page. Entity lines are written as they come; relations are kept until the last
+    within a page. With `page_entities=None` it is read in one answer, and relations come in
+    creation order throughout (what an embedded export does: a file it imported comes back byte
+    for byte at any size). Entity lines are written as they come; relations are kept until the last
     page. Over `--server` each page is a read of its own, so writes made during an export may
     show in later pages only; `as_of` reads one moment throughout."""
-    assert 1 <= page_entities <= constants.list_limit_max, page_entities
+    assert page_entities is None or 1 <= page_entities <= constants.list_limit_max, page_entities
     relations: list[JsonDict] = []
     entities = 0
     separator = ""

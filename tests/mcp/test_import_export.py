@@ -341,6 +341,19 @@ def test_a_realistic_file_comes_back_byte_for_byte(
     assert output.read_bytes() == text.encode("utf-8")
 
 
+def test_a_file_larger_than_one_page_comes_back_byte_for_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Relations between entities of different read_graph pages keep their file order."""
+    items = realistic_items(seed=11, entities=1_100, relations=300)
+    text = memory_file(items)
+    source = tmp_path / "memory.jsonl"
+    source.write_text(text, encoding="utf-8")
+    data_dir = tmp_path / "data"
+    import_file(capsys, source, data_dir)
+    assert export_text(capsys, "--data-dir", str(data_dir)).encode() == text.encode()
+
+
 def test_importing_twice_changes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
