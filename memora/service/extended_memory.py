@@ -59,7 +59,7 @@ from memora.service.knowledge_graph import (
     Vectors,
     WriteContext,
     edges_at,
-    entity_ids_by_name,
+    entity_id,
     entity_view,
     observation_text,
     observations_at,
@@ -110,7 +110,7 @@ class ExtendedMemory:
         replica = await self.graph.node.read_barrier(context.consistency)
         ns = replica.machine.reader(context.namespace)
         index = self._keyword_index(ns)
-        anchors = tuple(_entity_id(ns, name, "near") for name in near)
+        anchors = tuple(entity_id(ns, name, "near") for name in near)
         recall = RecallQuery(
             query,
             vector,
@@ -142,7 +142,7 @@ class ExtendedMemory:
     ) -> JsonDict:
         """The entities within `depth` hops of `name`, nearest first, with their relations."""
         ns = await self.graph.reader(context)
-        node_id = _entity_id(ns, name, "name", context.as_of)
+        node_id = entity_id(ns, name, "name", context.as_of)
         kinds = None if relation_types is None else frozenset(relation_types)
         found = queries.related(ns, node_id, depth, kinds, direction, context.as_of, limit)
         entities = [(node, hops) for node, hops in found if node.name is not None]
@@ -164,7 +164,7 @@ class ExtendedMemory:
 
         def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
             node_id = ns.next_node_id
-            targets = list(dict.fromkeys(_entity_id(ns, name, "about") for name in about))
+            targets = list(dict.fromkeys(entity_id(ns, name, "about") for name in about))
             commands: list[SimpleCommand] = [
                 InsertNode(
                     EPISODE_LABEL,
@@ -191,7 +191,7 @@ class ExtendedMemory:
         text = observation_text(entity_name, new)
 
         def plan(ns: NamespaceState, vectors: Vectors) -> Plan:
-            node_id = _entity_id(ns, entity_name, "entityName")
+            node_id = entity_id(ns, entity_name, "entityName")
             current = [o for o in observations_at(ns, node_id, None) if o.text == old]
             if not current:
                 raise NotFoundError(f"{entity_name} has no observation {old!r}", "old_observation")
@@ -225,7 +225,7 @@ class ExtendedMemory:
         if not 1 <= limit <= history_versions_max:
             raise ValidationError(f"limit must be between 1 and {history_versions_max}", "limit")
         ns = await self.graph.reader(context)
-        node_id = _entity_id(ns, name, "name", context.as_of)
+        node_id = entity_id(ns, name, "name", context.as_of)
         records: list[Record] = list(ns.nodes[node_id])
         for observation_id in ns.observations_ever.get(node_id, ()):
             records.extend(ns.observations[observation_id])
@@ -364,13 +364,6 @@ def _named(ns: NamespaceState, node_id: int) -> bool:
     return node is not None and node.name is not None
 
 
-def _entity_id(ns: NamespaceState, name: str, field: str, as_of: int | None = None) -> int:
-    node_id = entity_ids_by_name(ns, as_of).get(name)
-    if node_id is None:
-        raise NotFoundError(f"Entity with name {name} not found", field)
-    return node_id
-
-
 def _kind_letter(record: Record) -> str:
     return "n" if isinstance(record, Node) else "o" if isinstance(record, Observation) else "e"
 
@@ -383,7 +376,7 @@ def _record_of(ns: NamespaceState, reference: str, as_of: int | None) -> Record:
     """The record version a provenance id names, or the current version of a named entity."""
     match = _PROVENANCE_ID.fullmatch(reference)
     if match is None:
-        node_id = _entity_id(ns, reference, "id", as_of)
+        node_id = entity_id(ns, reference, "id", as_of)
         node = queries.get_node(ns, node_id, as_of)
         assert node is not None
         return node

@@ -415,8 +415,8 @@ def _plan_create_relations(
     created: list[JsonDict] = []
     seen: set[tuple[int, int, str]] = set()
     for position, relation in enumerate(relations):
-        source = _entity_id(ns, relation.source, f"relations[{position}].from")
-        target = _entity_id(ns, relation.target, f"relations[{position}].to")
+        source = entity_id(ns, relation.source, f"relations[{position}].from")
+        target = entity_id(ns, relation.target, f"relations[{position}].to")
         key = (source, target, relation.relation_type)
         if key in ns.edge_keys or key in seen:
             continue
@@ -436,7 +436,7 @@ def _plan_add_observations(
     results: list[JsonDict] = []
     added_to: dict[int, set[str]] = {}
     for position, item in enumerate(items):
-        node_id = _entity_id(ns, item.entity_name, f"observations[{position}].entityName")
+        node_id = entity_id(ns, item.entity_name, f"observations[{position}].entityName")
         have = added_to.setdefault(node_id, set(live_observation_texts(ns, node_id)))
         added = [text for text in dict.fromkeys(item.contents) if text not in have]
         have.update(added)
@@ -477,8 +477,9 @@ def _relations_to_delete(ns: NamespaceState, relations: Sequence[RelationInput])
             yield edge_id
 
 
-def _entity_id(ns: NamespaceState, name: str, field: str) -> int:
-    node_id = ns.names.get(name)
+def entity_id(ns: NamespaceState, name: str, field: str, as_of: int | None = None) -> int:
+    """The id of the entity named `name` at `as_of`; NotFoundError naming `field` if none."""
+    node_id = entity_ids_by_name(ns, as_of).get(name)
     if node_id is None:
         raise NotFoundError(f"Entity with name {name} not found", field)
     return node_id

@@ -195,11 +195,11 @@ class CompatTools:
     async def writer(
         self,
         context: Context[Any],
-        session_id: str | None,
-        source: str | None,
-        confidence: float | None,
-        valid_from: str | int | None,
-        valid_to: str | int | None,
+        session_id: str | None = None,
+        source: str | None = None,
+        confidence: float | None = None,
+        valid_from: str | int | None = None,
+        valid_to: str | int | None = None,
     ) -> WriteContext:
         access = self.access(context)
         access.require(Role.WRITE)
@@ -313,7 +313,7 @@ def _register_deletes(server: MCPServer[Any], tools: CompatTools) -> None:
         context: Context[Any],
         session_id: SessionArg = None,
     ) -> Annotated[CallToolResult, Done]:
-        write = await tools.writer(context, session_id, None, None, None, None)
+        write = await tools.writer(context, session_id)
         async with async_errors_as_tool_errors():
             await graph.delete_entities(write, entityNames)
         return await done(write.namespace, "Entities deleted successfully")
@@ -328,7 +328,7 @@ def _register_deletes(server: MCPServer[Any], tools: CompatTools) -> None:
         context: Context[Any],
         session_id: SessionArg = None,
     ) -> Annotated[CallToolResult, Done]:
-        write = await tools.writer(context, session_id, None, None, None, None)
+        write = await tools.writer(context, session_id)
         inputs = [ObservationInput(d.entityName, tuple(d.observations)) for d in deletions]
         async with async_errors_as_tool_errors():
             await graph.delete_observations(write, inputs)
@@ -344,7 +344,7 @@ def _register_deletes(server: MCPServer[Any], tools: CompatTools) -> None:
         context: Context[Any],
         session_id: SessionArg = None,
     ) -> Annotated[CallToolResult, Done]:
-        write = await tools.writer(context, session_id, None, None, None, None)
+        write = await tools.writer(context, session_id)
         inputs = [RelationInput(r.from_, r.to, r.relationType) for r in relations]
         async with async_errors_as_tool_errors():
             await graph.delete_relations(write, inputs)

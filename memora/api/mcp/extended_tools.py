@@ -142,7 +142,9 @@ def _register_writes(server: MCPServer[Any], tools: CompatTools, memory: Extende
         confidence: ConfidenceArg = None,
         valid_from: TimeArg = None,
     ) -> CallToolResult:
-        write = await tools.writer(context, session_id, None, confidence, valid_from, None)
+        write = await tools.writer(
+            context, session_id, confidence=confidence, valid_from=valid_from
+        )
         async with async_errors_as_tool_errors():
             changed = await memory.supersede(write, entityName, old_observation, new_observation)
         await tools.subscriptions.changed(write.namespace)
@@ -164,7 +166,7 @@ def _register_writes(server: MCPServer[Any], tools: CompatTools, memory: Extende
         reason: Annotated[str | None, Field(max_length=constants.source_bytes_max)] = None,
         session_id: SessionArg = None,
     ) -> CallToolResult:
-        write = await tools.writer(context, session_id, None, None, None, None)
+        write = await tools.writer(context, session_id)
         async with async_errors_as_tool_errors():
             forgotten = await memory.forget(write, entityNames, mode, reason)
         await tools.subscriptions.changed(write.namespace)
@@ -234,7 +236,7 @@ def _register_sessions(server: MCPServer[Any], tools: CompatTools, memory: Exten
         context: Context[Any],
         title: Annotated[str | None, Field(max_length=constants.source_bytes_max)] = None,
     ) -> CallToolResult:
-        write = await tools.writer(context, None, None, None, None, None)
+        write = await tools.writer(context)
         async with async_errors_as_tool_errors():
             started = await memory.session_start(write, title)
         return result(started, started)
@@ -249,7 +251,7 @@ def _register_sessions(server: MCPServer[Any], tools: CompatTools, memory: Exten
         context: Context[Any],
         summary: Annotated[str | None, Field(max_length=constants.text_bytes_max)] = None,
     ) -> CallToolResult:
-        write = await tools.writer(context, session_id, None, None, None, None)
+        write = await tools.writer(context, session_id)
         async with async_errors_as_tool_errors():
             ended = await memory.session_end(write, session_id, summary)
         return result(ended, ended)
