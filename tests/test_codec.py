@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
+import cbor2
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ from memora.core.types import (
     Entry,
     InsertEdge,
     InsertNode,
+    Namespace,
     Node,
     Observation,
     Provenance,
@@ -191,9 +194,7 @@ def test_vectors_travel_as_exact_float32() -> None:
     assert decoded.vector == vector.tobytes()
 
 
-def test_plain_spells_out_every_field_so_digests_see_every_change() -> None:
-    import attrs
-
+def test_digest_input_spells_out_every_field_so_digests_see_every_change() -> None:
     from memora.core.state import version_digest
 
     stamp = Stamp(3, 1_000, "alice", "s1")
@@ -210,9 +211,11 @@ def test_plain_spells_out_every_field_so_digests_see_every_change() -> None:
         stamp,
         stamp,
     )
-    spelled = codec.plain(node)
-    assert spelled[0] == codec._TAG_OF_CLASS[Node] and len(spelled) == 1 + 12
-    assert spelled[9] == [codec._TAG_OF_CLASS[Provenance], "chat", 0.5, 1, 2]
+    spelled = cbor2.loads(codec.digest_input(node))
+    # The tag, the properties, the 8 plain fields, then Provenance and two Stamps, 4 fields each.
+    assert spelled[0] == codec._TAG_OF_CLASS[Node] and len(spelled) == 2 + 8 + 4 + 4 + 4
+    assert spelled[1] == {"a": [1, {"b": 2}]}
+    assert spelled[9:13] == ["chat", 0.5, 1, 2]
     changed = {
         "namespace": "other",
         "id": 8,
@@ -232,6 +235,34 @@ def test_plain_spells_out_every_field_so_digests_see_every_change() -> None:
         version_digest(attrs.evolve(node, **{name: value})) for name, value in changed.items()
     }
     assert version_digest(node) not in digests and len(digests) == len(changed)
+
+
+def test_digest_inputs_of_records_of_each_kind_differ() -> None:
+    stamp = Stamp(3, 1_000, "alice", None)
+    records = [
+        Namespace("main", 4, "cosine", stamp),
+        Node("main", 1, 1, "A", None, {}, None, None, Provenance(), stamp, stamp),
+        Edge("main", 1, 1, 1, 1, "A", {}, Provenance(), stamp, stamp),
+        Observation("main", 1, 1, 1, "A", None, Provenance(), stamp, stamp),
+    ]
+    assert len({codec.digest_input(record) for record in records}) == len(records)
+
+
+@given(properties)
+def test_digest_input_does_not_depend_on_the_order_of_map_keys(value: dict[str, Any]) -> None:
+    def reversed_maps(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {key: reversed_maps(item[key]) for key in reversed(list(item))}
+        if isinstance(item, list):
+            return [reversed_maps(inner) for inner in item]
+        return item
+
+    stamp = Stamp(3, 1_000, "alice", None)
+    node = Node("main", 1, 1, "A", None, value, None, None, Provenance(), stamp, stamp)
+    edge = Edge("main", 1, 1, 1, 1, "A", value, Provenance(), stamp, stamp)
+    for record in (node, edge):
+        reordered = attrs.evolve(record, properties=reversed_maps(value))
+        assert codec.digest_input(reordered) == codec.digest_input(record)
 
 
 def test_a_batch_reply_round_trips_equal() -> None:

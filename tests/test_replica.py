@@ -124,6 +124,25 @@ def test_the_client_table_forgets_the_least_recent_client_when_full(
     assert sorted(table.records) == ["c0", "c2", "c9"]  # c1, seen at 10, went first.
 
 
+def test_the_client_digest_kept_by_each_change_equals_one_taken_afresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(constants, "clients_max", 3)
+    table = ClientTable()
+    reply = Applied(1, None)
+    empty = table.digest()
+    steps = [("a", 1, 10), ("b", 1, 20), ("a", 2, 30), ("c", 1, 40), ("d", 1, 50)]
+    digests = set()
+    for client_id, sequence, seen in steps:
+        table.remember(client_id, sequence, reply, seen)  # "d" evicts "b", the least recent.
+        assert table.digest() == ClientTable(table.records).digest()
+        digests.add(table.digest())
+    assert len(digests) == len(steps)
+    assert table.expire(45) == 2 and sorted(table.records) == ["d"]
+    assert table.digest() == ClientTable(table.records).digest()
+    assert table.expire(60) == 1 and table.digest() == empty
+
+
 def test_snapshot_keeps_state_and_cached_replies() -> None:
     log = started()
     first = log.normal(proposal(InsertNode("Person"), client="c1", sequence=1))

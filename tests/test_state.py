@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 import pytest
 
-from memora.core import constants, queries, snapshot
+from memora.core import codec, constants, queries, snapshot
 from memora.core.errors import (
     CodecError,
     ConflictError,
@@ -626,6 +626,21 @@ def test_every_rejection_is_typed_and_names_its_field(
     nested = store.refused(Batch([InsertNode("A", id=30), command]))
     assert (type(nested), nested.field) == (kind, f"commands[1].{field}"), nested
     assert store.machine.content_hash() == content
+
+
+def test_properties_are_measured_exactly_at_the_size_limit() -> None:
+    """The walk only bounds the encoded size; a map near the limit is measured exactly."""
+    store = error_store()
+    # One key, one string: map head 1 + key 2 + string head 3 + the string's bytes.
+    fits = "y" * (constants.properties_bytes_max - 6)
+    assert len(codec.encode({"x": fits})) == constants.properties_bytes_max
+    store.ok(InsertNode("A", properties={"x": fits}))
+    error = store.refused(InsertNode("A", properties={"x": fits + "y"}))
+    assert (type(error), error.field) == (LimitError, "properties")
+    wide = "é" * ((constants.properties_bytes_max - 6) // 2)  # Two UTF-8 bytes each.
+    store.ok(InsertNode("A", properties={"x": wide}))
+    error = store.refused(InsertNode("A", properties={"x": wide + "é"}))
+    assert (type(error), error.field) == (LimitError, "properties")
 
 
 def test_entry_level_rejections_name_their_field() -> None:

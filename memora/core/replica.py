@@ -21,10 +21,10 @@ from typing import Final
 import attrs
 
 from memora.core import constants, snapshot, validate
-from memora.core.codec import decode, decode_proposal, encode, encode_canonical
+from memora.core.codec import decode, decode_proposal, encode
 from memora.core.errors import CodecError, ConflictError, MemoraError, ValidationError
 from memora.core.raft.types import EntryKind, InjectedBug, LogEntry
-from memora.core.state import StateMachine
+from memora.core.state import HASH_MODULUS, StateMachine
 from memora.core.types import Applied, Entry, ExpireClients, Proposal, Rejected, Result
 
 CLIENTS_PART: Final = "clients"
@@ -39,12 +39,25 @@ class ClientRecord:
     last_seen_ms: int
 
 
+def _client_digest(client_id: str, record: ClientRecord) -> int:
+    summary = encode((client_id, record.sequence, record.last_seen_ms))
+    return int.from_bytes(hashlib.sha256(summary).digest(), "big")
+
+
 class ClientTable:
-    """client id -> its last applied command; what makes retries exactly-once."""
+    """client id -> its last applied command; what makes retries exactly-once.
+
+    `digest` is kept as a sum of per-client digests (modulo HASH_MODULUS), updated by every
+    change: the simulator asks for the state hash after every entry, and re-digesting the whole
+    table each time cost more than applying the entry. So `records` changes only through the
+    methods below.
+    """
 
     def __init__(self, records: dict[str, ClientRecord] | None = None) -> None:
         self.records: dict[str, ClientRecord] = dict(records or {})
         assert len(self.records) <= constants.clients_max
+        self._digests = {c: _client_digest(c, r) for c, r in self.records.items()}
+        self._digest_sum = sum(self._digests.values()) % HASH_MODULUS
 
     def duplicate_reply(self, index: int, client_id: str, sequence: int) -> Result | None:
         """The reply to a command this client already had applied, or None if it is new.
@@ -61,25 +74,36 @@ class ClientTable:
         return Rejected(index, ConflictError(message, "sequence"))
 
     def remember(self, client_id: str, sequence: int, reply: Result, timestamp_ms: int) -> None:
-        if client_id not in self.records and len(self.records) >= constants.clients_max:
+        if client_id in self.records:
+            self._forget(client_id)
+        elif len(self.records) >= constants.clients_max:
             self._forget_least_recent()
-        self.records[client_id] = ClientRecord(sequence, reply, timestamp_ms)
+        record = ClientRecord(sequence, reply, timestamp_ms)
+        digest = _client_digest(client_id, record)
+        self.records[client_id] = record
+        self._digests[client_id] = digest
+        self._digest_sum = (self._digest_sum + digest) % HASH_MODULUS
         assert len(self.records) <= constants.clients_max
+        assert len(self._digests) == len(self.records)
 
     def expire(self, before_ms: int) -> int:
         stale = [client for client, r in self.records.items() if r.last_seen_ms < before_ms]
         for client_id in stale:
-            del self.records[client_id]
+            self._forget(client_id)
         return len(stale)
 
     def digest(self) -> bytes:
-        ordered = sorted(self.records.items())
-        summary = [[client, r.sequence, r.last_seen_ms] for client, r in ordered]
-        return hashlib.sha256(encode_canonical(summary)).digest()
+        assert len(self._digests) == len(self.records)
+        return self._digest_sum.to_bytes(32, "big")
 
     def _forget_least_recent(self) -> None:
         oldest = min(self.records.items(), key=lambda item: (item[1].last_seen_ms, item[0]))
-        del self.records[oldest[0]]
+        self._forget(oldest[0])
+
+    def _forget(self, client_id: str) -> None:
+        del self.records[client_id]
+        digest = self._digests.pop(client_id)
+        self._digest_sum = (self._digest_sum - digest) % HASH_MODULUS
 
 
 class Replica:
@@ -117,9 +141,8 @@ class Replica:
         return self._apply_proposal(entry, proposal)
 
     def state_hash(self) -> str:
-        digest = hashlib.sha256(self.machine.state_hash().encode())
-        digest.update(self.clients.digest())
-        return digest.hexdigest()
+        """The machine's state hash extended with the client table: one digest of both."""
+        return hashlib.sha256(self.machine.state_header() + self.clients.digest()).hexdigest()
 
     def snapshot_parts(self) -> dict[str, bytes]:
         parts = snapshot.take(self.machine)

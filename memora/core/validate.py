@@ -26,12 +26,20 @@ def text_field(value: object, field: str, bytes_max: int, *, empty_ok: bool = Fa
         raise ValidationError(f"{field} must be a string", field)
     if not value and not empty_ok:
         raise ValidationError(f"{field} must not be empty", field)
-    size = len(_utf8(value, field))
+    size = _utf8_size(value, field)
     if size > bytes_max:
         raise LimitError(f"{field} is {size} bytes; the limit is {bytes_max}", field)
     if "\x00" in value:
         raise ValidationError(f"{field} must not contain NUL characters", field)
     return value
+
+
+def _utf8_size(value: str, field: str) -> int:
+    """The UTF-8 size of a string. An ASCII string (the usual case) is its own UTF-8 and holds
+    no surrogate, so it is not encoded just to be measured: every applied entry checks several."""
+    if value.isascii():
+        return len(value)
+    return len(_utf8(value, field))
 
 
 def _utf8(value: str, field: str) -> bytes:
@@ -140,6 +148,11 @@ def provenance(value: object) -> Provenance:
     return value
 
 
+# Upper bounds of the CBOR encoding: an item's head (major type and length) takes at most 9
+# bytes, and so does a whole int or float.
+_CBOR_HEAD_BYTES_MAX: Final = 9
+
+
 def properties(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError("properties must be a map of string keys", "properties")
@@ -150,9 +163,14 @@ def properties(value: object) -> dict[str, Any]:
             f"properties has {len(value)} keys; the limit is {constants.properties_count_max}",
             "properties",
         )
+    size_max = _CBOR_HEAD_BYTES_MAX
     for key, item in value.items():
-        text_field(key, "properties key", constants.property_key_bytes_max)
-        _property_value(item, f"properties.{key}", depth=1)
+        size_max += _property_key(key, "properties key")
+        size_max += _property_value(item, f"properties.{key}", depth=1)
+    # The walk bounds the encoded size from above; only a map near the limit is encoded to
+    # measure it exactly (encoding every map cost more than the rest of the check).
+    if size_max <= constants.properties_bytes_max:
+        return value
     size = len(encode(value))
     if size > constants.properties_bytes_max:
         raise LimitError(
@@ -162,29 +180,37 @@ def properties(value: object) -> dict[str, Any]:
     return value
 
 
-def _property_value(value: object, field: str, depth: int) -> None:
+def _property_key(key: object, field: str) -> int:
+    """Check a map key; returns an upper bound of its encoded size."""
+    text = text_field(key, field, constants.property_key_bytes_max)
+    return _CBOR_HEAD_BYTES_MAX + _utf8_size(text, field)
+
+
+def _property_value(value: object, field: str, depth: int) -> int:
+    """Check a property value; returns an upper bound of its encoded size."""
     if depth > constants.property_depth_max:
         raise LimitError(f"{field} nests deeper than {constants.property_depth_max}", field)
     if value is None or isinstance(value, bool):
-        return
+        return 1
     if isinstance(value, str):
-        _utf8(value, field)
-        return
+        return _CBOR_HEAD_BYTES_MAX + _utf8_size(value, field)
     if isinstance(value, int):
         if not constants.int_property_min <= value <= constants.int_property_max:
             raise ValidationError(f"{field} does not fit in 64 bits", field)
-        return
+        return _CBOR_HEAD_BYTES_MAX
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(f"{field} must be finite", field)
-        return
+        return _CBOR_HEAD_BYTES_MAX
     if isinstance(value, list):
+        size_max = _CBOR_HEAD_BYTES_MAX
         for item in value:
-            _property_value(item, field, depth + 1)
-        return
+            size_max += _property_value(item, field, depth + 1)
+        return size_max
     if isinstance(value, dict):
+        size_max = _CBOR_HEAD_BYTES_MAX
         for key, item in value.items():
-            text_field(key, f"{field} key", constants.property_key_bytes_max)
-            _property_value(item, f"{field}.{key}", depth + 1)
-        return
+            size_max += _property_key(key, f"{field} key")
+            size_max += _property_value(item, f"{field}.{key}", depth + 1)
+        return size_max
     raise ValidationError(f"{field} has unsupported type {type(value).__name__}", field)
