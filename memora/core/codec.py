@@ -112,11 +112,13 @@ def _encode_default(encoder: cbor2.CBOREncoder, value: Any) -> None:
 
 
 def _tag_decoder(cls: type) -> Any:
-    names = _FIELD_NAMES[cls]
+    count = len(_FIELD_NAMES[cls])
 
+    # Called for every tagged value decoded (three per proposal), so it checks no more than
+    # the shape; the state machine validates the values.
     def decode_fields(value: Any, immutable: bool = False) -> Any:
-        if not isinstance(value, list) or len(value) != len(names):
-            raise CodecError(f"malformed {cls.__name__}: expected {len(names)} fields")
+        if type(value) is not list or len(value) != count:
+            raise CodecError(f"malformed {cls.__name__}: expected {count} fields")
         try:
             return cls(*value)
         except (TypeError, ValueError) as error:

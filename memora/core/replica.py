@@ -24,7 +24,7 @@ from memora.core import constants, snapshot, validate
 from memora.core.codec import decode, decode_proposal, encode
 from memora.core.errors import CodecError, ConflictError, MemoraError, ValidationError
 from memora.core.raft.types import EntryKind, InjectedBug, LogEntry
-from memora.core.state import HASH_MODULUS, StateMachine
+from memora.core.state import HASH_BYTES, HASH_MODULUS, StateMachine
 from memora.core.types import Applied, Entry, ExpireClients, Proposal, Rejected, Result
 
 CLIENTS_PART: Final = "clients"
@@ -47,17 +47,18 @@ def _client_digest(client_id: str, record: ClientRecord) -> int:
 class ClientTable:
     """client id -> its last applied command; what makes retries exactly-once.
 
-    `digest` is kept as a sum of per-client digests (modulo HASH_MODULUS), updated by every
-    change: the simulator asks for the state hash after every entry, and re-digesting the whole
-    table each time cost more than applying the entry. So `records` changes only through the
-    methods below.
+    `digest` is a sum of per-client digests (modulo HASH_MODULUS), brought up to date from the
+    clients changed since it was last asked for: the simulator asks after every entry, and
+    digesting the whole table each time cost more than applying the entry, while a server
+    rarely asks at all. So `records` changes only through the methods below.
     """
 
     def __init__(self, records: dict[str, ClientRecord] | None = None) -> None:
         self.records: dict[str, ClientRecord] = dict(records or {})
         assert len(self.records) <= constants.clients_max
-        self._digests = {c: _client_digest(c, r) for c, r in self.records.items()}
-        self._digest_sum = sum(self._digests.values()) % HASH_MODULUS
+        self._digests: dict[str, int] = {}  # The digest of each client counted in the sum.
+        self._digest_sum = 0
+        self._changed: dict[str, None] = dict.fromkeys(self.records)  # Not yet (re)counted.
 
     def duplicate_reply(self, index: int, client_id: str, sequence: int) -> Result | None:
         """The reply to a command this client already had applied, or None if it is new.
@@ -74,17 +75,11 @@ class ClientTable:
         return Rejected(index, ConflictError(message, "sequence"))
 
     def remember(self, client_id: str, sequence: int, reply: Result, timestamp_ms: int) -> None:
-        if client_id in self.records:
-            self._forget(client_id)
-        elif len(self.records) >= constants.clients_max:
+        if client_id not in self.records and len(self.records) >= constants.clients_max:
             self._forget_least_recent()
-        record = ClientRecord(sequence, reply, timestamp_ms)
-        digest = _client_digest(client_id, record)
-        self.records[client_id] = record
-        self._digests[client_id] = digest
-        self._digest_sum = (self._digest_sum + digest) % HASH_MODULUS
+        self.records[client_id] = ClientRecord(sequence, reply, timestamp_ms)
+        self._mark_changed(client_id)
         assert len(self.records) <= constants.clients_max
-        assert len(self._digests) == len(self.records)
 
     def expire(self, before_ms: int) -> int:
         stale = [client for client, r in self.records.items() if r.last_seen_ms < before_ms]
@@ -93,8 +88,18 @@ class ClientTable:
         return len(stale)
 
     def digest(self) -> bytes:
+        total = self._digest_sum
+        for client_id in self._changed:
+            total -= self._digests.pop(client_id, 0)
+            record = self.records.get(client_id)
+            if record is not None:
+                digest = _client_digest(client_id, record)
+                self._digests[client_id] = digest
+                total += digest
+        self._changed.clear()
+        self._digest_sum = total % HASH_MODULUS
         assert len(self._digests) == len(self.records)
-        return self._digest_sum.to_bytes(32, "big")
+        return self._digest_sum.to_bytes(HASH_BYTES, "big")
 
     def _forget_least_recent(self) -> None:
         oldest = min(self.records.items(), key=lambda item: (item[1].last_seen_ms, item[0]))
@@ -102,8 +107,13 @@ class ClientTable:
 
     def _forget(self, client_id: str) -> None:
         del self.records[client_id]
-        digest = self._digests.pop(client_id)
-        self._digest_sum = (self._digest_sum - digest) % HASH_MODULUS
+        self._mark_changed(client_id)
+
+    def _mark_changed(self, client_id: str) -> None:
+        self._changed[client_id] = None
+        if len(self._changed) > constants.clients_max:
+            self.digest()  # Forgotten clients pile up here when nobody asks for the digest.
+        assert len(self._changed) <= constants.clients_max
 
 
 class Replica:

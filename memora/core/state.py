@@ -56,7 +56,8 @@ from memora.core.types import (
     UpdateNode,
 )
 
-HASH_MODULUS: Final = 2**256
+HASH_BYTES: Final = 32
+HASH_MODULUS: Final = 2 ** (8 * HASH_BYTES)
 CLEARABLE_NODE_FIELDS: Final = ("name", "text", "vector")
 
 
@@ -132,8 +133,10 @@ class StateMachine:
 
     def state_header(self) -> bytes:
         """What `state_hash` digests: the applied index, the sum of version digests and the id
-        counters. Cheap (one flat CBOR array), because the simulator asks after every entry."""
-        return encode([self.applied_index, self.records_digest, *self._counters()])
+        counters. Cheap (one flat CBOR array, the digest sum as 32 bytes rather than a CBOR
+        bignum, which cbor2 encodes slowly), because the simulator asks after every entry."""
+        digest = self.records_digest.to_bytes(HASH_BYTES, "big")
+        return encode([self.applied_index, digest, *self._counters()])
 
     def content_hash(self) -> str:
         """The digest of the records and id counters alone, without the applied index.
@@ -141,7 +144,8 @@ class StateMachine:
         A rejected command advances the applied index (so `state_hash` changes) but leaves this
         unchanged, which is how tests check that a rejection left no trace.
         """
-        return hashlib.sha256(encode([self.records_digest, *self._counters()])).hexdigest()
+        digest = self.records_digest.to_bytes(HASH_BYTES, "big")
+        return hashlib.sha256(encode([digest, *self._counters()])).hexdigest()
 
     def _counters(self) -> list[str | int]:
         """Each namespace's name and next ids, flat, in name order."""
