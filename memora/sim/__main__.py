@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import statistics
 import sys
 import time
 from collections import Counter
@@ -79,6 +80,33 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}={count}" for name, count in counts.items()) or "none"
 
 
+class _Speeds:
+    """Simulated and run time per cluster size: how much faster than real time runs go."""
+
+    def __init__(self) -> None:
+        self._simulated_us: Counter[int] = Counter()
+        self._busy_s: dict[int, float] = {}
+        self._speeds: dict[int, list[float]] = {}
+
+    def add(self, result: RunResult, elapsed_s: float) -> None:
+        assert elapsed_s > 0.0, elapsed_s
+        replicas = result.replicas
+        self._simulated_us[replicas] += result.simulated_us
+        self._busy_s[replicas] = self._busy_s.get(replicas, 0.0) + elapsed_s
+        self._speeds.setdefault(replicas, []).append(result.simulated_us / SECOND / elapsed_s)
+
+    def lines(self) -> list[str]:
+        """One line per cluster size: simulated seconds per second of run time over all its
+        seeds (each run timed in its own process), and the median seed's."""
+        return [
+            f"{replicas} replicas: {len(speeds)} seeds, {self._simulated_us[replicas] / SECOND:.0f}"
+            f" s simulated in {self._busy_s[replicas]:.1f} s of run time: "
+            f"{self._simulated_us[replicas] / SECOND / self._busy_s[replicas]:.1f}x real time "
+            f"(median seed {statistics.median(speeds):.1f}x, slowest {min(speeds):.1f}x)"
+            for replicas, speeds in sorted(self._speeds.items())
+        ]
+
+
 def _sweep(seeds: range, jobs: int, bugs: frozenset[InjectedBug]) -> int:
     tasks = [(seed, bugs) for seed in seeds]
     faults: Counter[str] = Counter()
@@ -86,6 +114,7 @@ def _sweep(seeds: range, jobs: int, bugs: frozenset[InjectedBug]) -> int:
     committed = events = 0
     simulated_us = 0
     busy_s = 0.0
+    speeds = _Speeds()
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
         for done, (result, elapsed) in enumerate(pool.imap_unordered(sweep_one, tasks), 1):
@@ -94,6 +123,7 @@ def _sweep(seeds: range, jobs: int, bugs: frozenset[InjectedBug]) -> int:
             events += result.events
             simulated_us += result.simulated_us
             busy_s += elapsed
+            speeds.add(result, elapsed)
             if result.status != "ok":
                 failures.append(result)
             _progress(done, len(tasks), len(failures), started)
@@ -108,6 +138,8 @@ def _sweep(seeds: range, jobs: int, bugs: frozenset[InjectedBug]) -> int:
         f"{simulated_us / SECOND:.0f} s, {simulated_us / SECOND / busy_s:.0f}x real time per "
         "process"
     )
+    for line in speeds.lines():
+        print(line)
     print("faults injected: " + _counts(dict(sorted(faults.items()))))
     for result in sorted(failures, key=lambda result: result.seed):
         first_line = result.message.strip().splitlines()[-1] if result.message else ""

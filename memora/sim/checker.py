@@ -121,14 +121,18 @@ class Checker:
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
         self.reference = Replica()
-        self._canonical: list[tuple[int, bytes]] = [(0, b"")]  # By index: (term, digest).
+        # By index: (term, kind, data). Kept whole rather than as digests: comparing bytes is a
+        # memcmp, hashing them is not, and every replica's every apply is compared.
+        self._canonical: list[tuple[int, EntryKind | None, bytes]] = [(0, None, b"")]
         self._reference_results: dict[int, Result | None] = {}
         self._reference_hashes: dict[int, str] = {0: self.reference.state_hash()}
         self.chain_hash = b"\0" * 16
         self._leaders: dict[int, int] = {}
         self._votes: dict[tuple[int, int], int] = {}  # (voter, term) -> the candidate granted.
-        self._pairs: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> facts.
-        self._saved: dict[tuple[int, int], bytes] = {}  # (index, term) -> digest, as written.
+        # (index, term) -> (data, previous term). Data, like the maps below, is kept as the bytes
+        # object itself: equal bytes mean equal digests, and no digest is computed per check.
+        self._pairs: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self._saved: dict[tuple[int, int], bytes] = {}  # (index, term) -> data, as written.
         self._live_nodes: dict[int, SimNode] = {}
         self._leader_configuration: dict[int, Configuration] = {}  # At the leader's last Ready.
         self._proposed: set[bytes] = set()
@@ -173,7 +177,7 @@ class Checker:
         log = node.raft.log
         for index in range(log.snapshot_index + 1, log.last_index() + 1):
             entry = log.entry(index)
-            if self._saved.get((index, entry.term)) != _digest(entry.data):
+            if self._saved.get((index, entry.term)) != entry.data:
                 raise Violation(
                     "corrupt_record",
                     f"node {node.node_id} recovered entry {(index, entry.term)} from disk, "
@@ -183,7 +187,7 @@ class Checker:
     def on_save(self, entries: Sequence[LogEntry]) -> None:
         """Entries were handed to a disk (they may or may not become durable)."""
         for entry in entries:
-            self._saved[(entry.index, entry.term)] = _digest(entry.data)
+            self._saved[(entry.index, entry.term)] = entry.data
 
     def on_crash(self, node: SimNode) -> None:
         self._seen.pop(node.node_id, None)
@@ -202,7 +206,7 @@ class Checker:
             )
 
     def on_propose(self, data: bytes) -> None:
-        self._proposed.add(_digest(data))
+        self._proposed.add(data)
 
     def on_durable(self, node: SimNode, ready: Ready) -> None:
         """A Ready's save completed its sync: check log matching on what became durable."""
@@ -226,7 +230,7 @@ class Checker:
 
     def _check_pair(self, node: SimNode, entry: LogEntry, previous_term: int | None) -> None:
         key = (entry.index, entry.term)
-        facts = (_digest(entry.data), previous_term if previous_term is not None else -1)
+        facts = (entry.data, previous_term if previous_term is not None else -1)
         known = self._pairs.setdefault(key, facts)
         if known[0] != facts[0]:
             raise Violation(
@@ -242,7 +246,7 @@ class Checker:
 
     def on_apply(self, node: SimNode, entry: LogEntry, result: Result | None) -> None:
         self._canonicalize(node, entry)
-        if entry.kind is EntryKind.NORMAL and _digest(entry.data) not in self._proposed:
+        if entry.kind is EntryKind.NORMAL and entry.data not in self._proposed:
             raise Violation("phantom_commit", f"entry {entry.index} was never proposed")
         expected = self._reference_results[entry.index]
         if not same_result(result, expected):
@@ -270,9 +274,8 @@ class Checker:
             )
 
     def _canonicalize(self, node: SimNode, entry: LogEntry) -> None:
-        digest = _digest(bytes([entry.kind]) + entry.data)
         if entry.index <= self.canonical_index:
-            if self._canonical[entry.index] != (entry.term, digest):
+            if self._canonical[entry.index] != (entry.term, entry.kind, entry.data):
                 raise Violation(
                     "state_machine_safety",
                     f"node {node.node_id} applied a different entry at index {entry.index} "
@@ -284,7 +287,8 @@ class Checker:
                 "state_machine_safety",
                 f"node {node.node_id} applied index {entry.index} after {self.canonical_index}",
             )
-        self._canonical.append((entry.term, digest))
+        self._canonical.append((entry.term, entry.kind, entry.data))
+        digest = _digest(bytes([entry.kind]) + entry.data)
         self.chain_hash = hashlib.blake2b(self.chain_hash + digest, digest_size=16).digest()
         self._reference_results[entry.index] = self.reference.apply(entry)
         self._reference_hashes[entry.index] = self.reference.state_hash()

@@ -20,9 +20,15 @@ WALL_EPOCH_MS = 1_767_225_600_000  # 2026-01-01, so timestamps look like real on
 
 @attrs.define
 class NodeClock:
-    rate: float
+    rate: float = attrs.field(on_setattr=attrs.setters.frozen)
     jitter_us: int
     wall_offset_ms: int = 0
+    # True microseconds per tick at this rate, before jitter: worked out once, not per tick.
+    _tick_us: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        assert self.rate > 0.0, self.rate
+        self._tick_us = int(TICK_US / self.rate)
 
     @classmethod
     def draw(cls, random: SimRandom, params: ClockParams) -> NodeClock:
@@ -32,7 +38,7 @@ class NodeClock:
     def next_tick_delay_us(self, random: SimRandom) -> int:
         """True microseconds until this node's clock has advanced by one tick."""
         jitter = random.randint(0, self.jitter_us) if self.jitter_us else 0
-        return max(1, int(TICK_US / self.rate) + jitter)
+        return max(1, self._tick_us + jitter)
 
     def ticks_in(self, true_us: int) -> int:
         """Whole ticks this clock counts in `true_us` of true time (catching up after a pause)."""

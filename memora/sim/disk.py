@@ -80,6 +80,7 @@ superblock a later life writes.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import itertools
 import struct
@@ -168,12 +169,50 @@ class _Write:
     sectors: tuple[bytes, ...]
 
 
+class EntryCodec:
+    """`encode_value` and `decode_value` of log entries, each done once per entry and byte string.
+
+    Every node of a run writes the same entries (they travel as objects, not bytes) and reads its
+    whole log back at each restart, so the same encodings and decodings recur many times. Both
+    functions are pure, so remembering their answers changes nothing but the time taken: an entry
+    is remembered by identity (and kept alive, so its id stays its own), a record body by its
+    bytes. A body is remembered only once it has really been decoded, so every distinct body
+    on a platter, damaged ones included, goes through the codec at least once.
+    """
+
+    def __init__(self) -> None:
+        self._bodies: dict[int, tuple[LogEntry, bytes]] = {}  # id(entry) -> (entry, encoding).
+        self._entries: dict[bytes, LogEntry] = {}
+
+    def encode(self, entry: LogEntry) -> bytes:
+        known = self._bodies.get(id(entry))
+        if known is not None:
+            assert known[0] is entry
+            return known[1]
+        body = encode_value(entry)
+        self._bodies[id(entry)] = (entry, body)
+        return body
+
+    def decode(self, body: bytes) -> LogEntry:
+        """The entry `body` encodes, or CodecError (never remembered: it is raised each time)."""
+        entry = self._entries.get(body)
+        if entry is None:
+            entry = decode_value(body, LogEntry)
+            self._entries[body] = entry
+        return entry
+
+
 class SimDisk:
     """A sparse, sector-addressed block device of one node (see the module docstring)."""
 
-    def __init__(self, prng: Prng, faults: DiskFaults | None = None) -> None:
+    def __init__(
+        self, prng: Prng, faults: DiskFaults | None = None, codec: EntryCodec | None = None
+    ) -> None:
         self.prng = prng
         self.faults = faults or DiskFaults()  # The simulator may swap it (e.g. to heal a node).
+        # SimStorage's entry codec. It lives with the disk, which outlives every SimStorage
+        # opened on it; the simulator gives all the disks of a run one codec to share.
+        self.codec = codec or EntryCodec()
         self.faults_injected: Counter[str] = Counter()
         self._durable: dict[int, bytes] = {}  # The platter: sector -> SECTOR_BYTES bytes.
         self._current: dict[int, bytes] = {}  # What reads see: the platter, then pending writes.
@@ -181,7 +220,7 @@ class SimDisk:
         self._synced_writes = 0  # The first this many pending writes belong to the last sync().
         self._written_sectors: list[int] = []  # Every sector ever written, in first-write order.
         self._written_set: set[int] = set()
-        self._protected: set[int] = set()
+        self._protected: list[int] = []  # Sorted, for bisect: a write checks it by range.
         self.writes = 0
         self.syncs = 0
         # How many times the machine lost power: the boot counter a real node would replace with
@@ -215,7 +254,8 @@ class SimDisk:
         assert len(regions) >= 2, regions
         for offset, length in regions:
             assert offset >= 0 and length > 0, (offset, length)
-            self._protected.update(range(offset // SECTOR_BYTES, _sector_end(offset + length)))
+            sectors = range(offset // SECTOR_BYTES, _sector_end(offset + length))
+            self._protected = sorted(set(self._protected).union(sectors))
 
     def write(self, offset: int, data: bytes) -> None:
         """Queue a write; it is not durable until a sync() and its complete_sync()."""
@@ -289,10 +329,11 @@ class SimDisk:
         return self.prng.next_u64() < int(probability * (1 << 64))
 
     def _is_protected(self, first_sector: int, count: int) -> bool:
-        if not self._protected:
-            return False
-        sectors = range(first_sector, first_sector + count)
-        return any(number in self._protected for number in sectors)
+        """Whether any of `count` sectors from `first_sector` on is protected: the first
+        protected sector at or after `first_sector` lies before the end of the range."""
+        protected = self._protected
+        position = bisect.bisect_left(protected, first_sector)
+        return position < len(protected) and protected[position] < first_sector + count
 
     def _sector_images(self, offset: int, data: bytes) -> _Write:
         """Whole sectors as they will be stored; a partial sector keeps the rest of what reads
@@ -307,10 +348,12 @@ class SimDisk:
             buffer[-SECTOR_BYTES:] = self._current.get(end - 1, _ZERO_SECTOR)
             buffer[start : start + len(data)] = data
             padded = bytes(buffer)
-        sectors = tuple(
+        if len(padded) == SECTOR_BYTES:  # Most writes: a superblock copy or a small record.
+            return _Write(first, (padded,))
+        sectors = [
             padded[index : index + SECTOR_BYTES] for index in range(0, len(padded), SECTOR_BYTES)
-        )
-        return _Write(first, sectors)
+        ]
+        return _Write(first, tuple(sectors))
 
     def _maybe_flip_on_write(self, write: _Write) -> _Write:
         if not self._chance(self.faults.write_bitflip_probability):
@@ -474,9 +517,11 @@ def _chain_start(seed: int) -> int:
     return crc32(b"memora.sim.log" + seed.to_bytes(8, "little"))
 
 
-def _encode_record(entry: LogEntry, previous: int, sequence: int, flags: int) -> tuple[bytes, int]:
+def _encode_record(
+    codec: EntryCodec, entry: LogEntry, previous: int, sequence: int, flags: int
+) -> tuple[bytes, int]:
     """A record padded to whole sectors, and its CRC (what the next record's `previous` is)."""
-    body = encode_value(entry)
+    body = codec.encode(entry)
     length = _RECORD_PREFIX.size + len(body)
     assert length <= RECORD_PAYLOAD_BYTES_MAX, length
     header = (previous, sequence, entry.index, flags)
@@ -722,7 +767,7 @@ def _scan_log(disk: SimDisk, superblock: _Superblock) -> tuple[_Log, ScanStop]:
         if stop is not None:
             return log, stop
         try:
-            entry: LogEntry = decode_value(read.body, LogEntry)
+            entry = disk.codec.decode(read.body)
         except CodecError:
             return log, ScanStop.UNDECODABLE
         if entry.index != index:
@@ -914,7 +959,8 @@ class SimStorage:
         flags = 0 if self._recovering_to is None else _FLAG_RECOVERING
         records = []
         for entry in entries:
-            record, checksum = _encode_record(entry, self._log.previous(), sequence, flags)
+            previous = self._log.previous()
+            record, checksum = _encode_record(self.disk.codec, entry, previous, sequence, flags)
             self._log.add(entry, checksum, len(record))
             records.append(record)
         self.disk.write(start, b"".join(records))

@@ -139,7 +139,9 @@ class Network:
                 self.faults["dropped_partition"] += 1
                 return
             if self.params.replay_on_restart and target < CLIENT_BASE and not healthy:
-                recent = self._recent.setdefault(target, deque(maxlen=RECENT_BUFFER))
+                recent = self._recent.get(target)
+                if recent is None:  # Not setdefault: that would build a deque per message.
+                    recent = self._recent[target] = deque(maxlen=RECENT_BUFFER)
                 recent.append((source, payload))
             self._deliver(source, target, payload)
 

@@ -14,6 +14,7 @@ from collections import Counter
 import attrs
 import pytest
 
+from memora.core.errors import CodecError
 from memora.core.prng import Prng
 from memora.core.raft.storage import MemoryStorage
 from memora.core.raft.types import (
@@ -23,6 +24,7 @@ from memora.core.raft.types import (
     LogEntry,
     Snapshot,
     SnapshotMeta,
+    encode_value,
 )
 from memora.sim.disk import (
     FAULT_LOST_UNSYNCED_WRITE,
@@ -30,6 +32,7 @@ from memora.sim.disk import (
     LOG_REGION_OFFSETS,
     SECTOR_BYTES,
     DiskFaults,
+    EntryCodec,
     RecoveryReport,
     ScanStop,
     SimDisk,
@@ -294,9 +297,25 @@ def rot(disk: SimDisk, offset: int) -> None:
 
 def test_records_that_differ_only_in_their_header_have_different_checksums() -> None:
     """A header CRC inside the CRC'd payload would make these equal (CRC is linear)."""
-    first, first_checksum = _encode_record(small(5, 2), 1111, 7, 0)
-    second, second_checksum = _encode_record(small(5, 2), 2222, 8, 0)
+    codec = EntryCodec()
+    first, first_checksum = _encode_record(codec, small(5, 2), 1111, 7, 0)
+    second, second_checksum = _encode_record(codec, small(5, 2), 2222, 8, 0)
     assert first != second and first_checksum != second_checksum
+
+
+def test_the_entry_codec_answers_as_the_codec_does() -> None:
+    """Remembered encodings and decodings are the codec's own; a body that does not decode is
+    refused every time, never remembered as something else."""
+    codec = EntryCodec()
+    original = entry(9, 4)
+    body = codec.encode(original)
+    assert body == encode_value(original) and codec.encode(original) is body
+    decoded = codec.decode(body)
+    assert decoded == original and codec.decode(bytes(body)) is decoded
+    damaged = b"\xff" + body[1:]
+    for _ in range(2):
+        with pytest.raises(CodecError):
+            codec.decode(damaged)
 
 
 def test_a_damaged_record_is_a_lost_acknowledgment_remembered_until_committed() -> None:
