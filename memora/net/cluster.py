@@ -32,6 +32,7 @@ address from the address given here, and from the node itself when it dials in.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
@@ -54,7 +55,7 @@ from memora.core.raft import (
 )
 from memora.core.replica import Replica
 from memora.core.types import Applied, Proposal, Rejected
-from memora.net.driver import NodeDriver, cluster_status_of, deadline
+from memora.net.driver import Deadline, NodeDriver, cluster_status_of
 from memora.net.node_api import Consistency, NotLeaderError, UnavailableError, WriteOutcome
 from memora.net.peer_wire import check_node_id
 
@@ -379,7 +380,7 @@ class ClusterNode:
     ) -> Applied:
         """Run `here` if this node leads, else call the leader; follow NOT_LEADER answers to the
         next leader until `timeout_s`. Anything else (a refusal, a lost reply) is final."""
-        with deadline(timeout_s, f"{method.value} at the leader", "the outcome is unknown"):
+        with Deadline(timeout_s, f"{method.value} at the leader", "the outcome is unknown"):
             hint: int | None = None
             while True:
                 leader = hint if hint is not None else await self._known_leader()
@@ -431,6 +432,10 @@ class ClusterNode:
 
     async def write(self, proposal: Proposal) -> WriteOutcome:
         """See `NodeApi.write`: proposed at the leader, wherever it is."""
+        if self.driver.leader_id == self.node_id:
+            # The common case on the leader, without encoding a call it will not make.
+            with contextlib.suppress(NotLeaderError):  # Deposed just now: find the leader.
+                return await self.driver.write(proposal)
 
         async def here() -> Applied:
             outcome = await self.driver.write(proposal)
@@ -446,7 +451,7 @@ class ClusterNode:
     ) -> Replica:
         """See `NodeApi.read_barrier`. A read that lost its leader (an election while it waited)
         is asked again; reads change nothing, so that is always safe."""
-        with deadline(self._limits.read_timeout_s, "the read"):
+        with Deadline(self._limits.read_timeout_s, "the read"):
             while True:
                 if consistency is not Consistency.FOLLOWER:
                     await self._known_leader()

@@ -13,7 +13,8 @@ Everything runs on the trio thread except the disk. `run()` starts two tasks:
 - the tick loop ticks the RaftNode every `raft_tick_ms`, by elapsed monotonic time, so a pause of
   the process is caught up before anything else (the lease read depends on it);
 - the Ready loop keeps `Ready`'s contract: persist (`FileStorage.save` in a worker thread, so the
-  event loop keeps serving while the disk syncs), then send (`Transport`), then apply the
+  event loop keeps serving while the disk syncs; a leader's appends are sent before it, so its
+  followers write in parallel), then send (`Transport`), then apply the
   committed entries to the Replica, resolve the writers waiting on those log indexes and release
   the reads that became safe, then `advance`. Writers who propose while a save is in the worker
   thread land in the next Ready, persisted by one fsync together: group commit.
@@ -43,8 +44,9 @@ import enum
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
@@ -167,13 +169,19 @@ class _Broadcast:
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        self._waiting = 0  # Fires with no one waiting cost nothing: most writes wake no one.
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
+        if self._waiting:
+            self._event.set()
+            self._event = trio.Event()
 
     async def wait(self) -> None:
-        await self._event.wait()
+        self._waiting += 1
+        try:
+            await self._event.wait()
+        finally:
+            self._waiting -= 1
 
 
 @attrs.define(eq=False)
@@ -258,16 +266,41 @@ def resolve_write(writes: Waiters, entry: LogEntry, result: Result | None) -> No
     waiter.succeed(result)
 
 
-@contextlib.contextmanager
-def deadline(seconds: float, what: str, consequence: str = "") -> Iterator[None]:
+class Deadline:
     """Turn the deadline of one call into the UnavailableError its caller expects; the message
-    ends with `consequence`, if given."""
-    try:
-        with trio.fail_after(seconds):
-            yield
-    except trio.TooSlowError:
-        message = f"{what} did not complete within {seconds:g} s"
-        raise UnavailableError(message + (f"; {consequence}" if consequence else "")) from None
+    ends with `consequence`, if given.
+
+    One cancel scope, entered and left directly: every write and read passes through here, and
+    the generator-based `trio.fail_after` inside a `contextlib.contextmanager` cost twice as much.
+    """
+
+    __slots__ = ("_consequence", "_scope", "_seconds", "_what")
+
+    def __init__(self, seconds: float, what: str, consequence: str = "") -> None:
+        assert seconds > 0, seconds
+        self._seconds = seconds
+        self._what = what
+        self._consequence = consequence
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> None:
+        self._scope.deadline = trio.current_time() + self._seconds
+        self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exception_type: type[BaseException] | None,
+        exception: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> Literal[False]:
+        self._scope.__exit__(exception_type, exception, traceback)
+        if self._scope.cancelled_caught:
+            message = f"{self._what} did not complete within {self._seconds:g} s"
+            consequence = f"; {self._consequence}" if self._consequence else ""
+            raise UnavailableError(message + consequence) from None
+        # The scope swallows only its own cancellation, which became the error above; anything
+        # else it let through propagates from here.
+        return False
 
 
 class NodeDriver:
@@ -493,15 +526,16 @@ class NodeDriver:
         if self._lifecycle is not _Lifecycle.SERVING:
             raise UnavailableError(f"the node is {self._lifecycle.value}")
 
-    @contextlib.contextmanager
-    def _counted_in_flight(self) -> Iterator[None]:
+    def _counted_in_flight(self) -> _InFlight:
+        return _InFlight(self)
+
+    def _in_flight_started(self) -> None:
         self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            assert self._in_flight >= 0
-            self._in_flight_changed.fire()
+
+    def _in_flight_ended(self) -> None:
+        self._in_flight -= 1
+        assert self._in_flight >= 0
+        self._in_flight_changed.fire()
 
     # -- NodeApi: writes --------------------------------------------------------------------------
 
@@ -527,7 +561,7 @@ class NodeDriver:
         with self._counted_in_flight():
             index, waiter = self._propose(data)
             try:
-                with deadline(self._limits.write_timeout_s, f"the write at log index {index}"):
+                with Deadline(self._limits.write_timeout_s, f"the write at log index {index}"):
                     await waiter.done.wait()
             finally:
                 self._writes.discard(index, waiter)
@@ -569,7 +603,7 @@ class NodeDriver:
             self._kick()
             waiter = self._writes.add(index, self._raft.term)
             try:
-                with deadline(self._limits.write_timeout_s, f"the change at log index {index}"):
+                with Deadline(self._limits.write_timeout_s, f"the change at log index {index}"):
                     await waiter.done.wait()
             finally:
                 self._writes.discard(index, waiter)
@@ -585,7 +619,7 @@ class NodeDriver:
             except RaftNotLeaderError as error:
                 raise _not_leader(error.leader_hint) from None
             self._kick()
-            with deadline(self._limits.write_timeout_s, f"the transfer to node {node_id}"):
+            with Deadline(self._limits.write_timeout_s, f"the transfer to node {node_id}"):
                 while self._raft.leader_id != node_id:
                     await trio.sleep(_LEADER_POLL_S)
 
@@ -603,7 +637,7 @@ class NodeDriver:
         ):
             raise ValidationError("min_commit_index must be an integer >= 0", "min_commit_index")
         try:
-            with self._counted_in_flight(), deadline(self._limits.read_timeout_s, "the read"):
+            with self._counted_in_flight(), Deadline(self._limits.read_timeout_s, "the read"):
                 index = min_commit_index or 0
                 if consistency is not Consistency.FOLLOWER:
                     lease = consistency is Consistency.LEASE
@@ -772,9 +806,11 @@ class NodeDriver:
                 await trio.lowlevel.checkpoint()
 
     async def _handle_ready(self, ready: Ready) -> None:
-        """Persist, send, apply and advance: the order `Ready` prescribes."""
+        """Persist, send, apply and advance: the order `Ready` prescribes. A leader's appends go
+        out first, so that its followers write while it writes (see `Ready`)."""
+        self._transport.send(ready.messages_before_persist())
         await self._persist(ready)
-        self._transport.send(ready.messages)
+        self._transport.send(ready.messages_after_persist())
         self._apply(ready)
         self._raft.advance(ready)
 
@@ -822,6 +858,22 @@ class NodeDriver:
             self._counters["snapshots_total"] += 1
         for request in requests:
             request.succeed(self._raft.log.snapshot_index)
+
+
+class _InFlight:
+    """Counts one call under way on a driver, for the drain at shutdown (a class, not a
+    generator-based context manager: every read and write enters one)."""
+
+    __slots__ = ("_driver",)
+
+    def __init__(self, driver: NodeDriver) -> None:
+        self._driver = driver
+
+    def __enter__(self) -> None:
+        self._driver._in_flight_started()
+
+    def __exit__(self, *exception: object) -> None:
+        self._driver._in_flight_ended()
 
 
 def cluster_status_of(

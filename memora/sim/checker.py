@@ -13,6 +13,7 @@ Safety (Raft's five properties and then some):
   corruption, so a corrupted record is never applied (nor voted on, nor sent);
 - term never goes back, across restarts too (against what was durable); commit never goes back
   within a process life;
+- the commit rule: a leader's commit index moves only onto an entry of its own term (Figure 8);
 - a committed entry is durable on a quorum of voters when the leader counts it committed, and no
   voter lacking it could win an election: its log is not as up to date as a quorum's disks
   (catches an unsafe commit at once, before some later leader overwrites it);
@@ -315,12 +316,27 @@ class Checker:
                 self._check_leader_completeness(node)
             was_leader = before is not None and before[2] is Role.LEADER
             previous_commit = before[1] if before is not None and was_leader else commit
+            if was_leader and before is not None and before[0] == term:
+                self._check_commit_rule(node, previous_commit)
             configurations = [raft.configuration]
             previous_configuration = self._leader_configuration.get(node.node_id)
             if was_leader and previous_configuration is not None:
                 configurations.append(previous_configuration)
             self._check_durable_quorum(node, previous_commit, commit, configurations)
             self._leader_configuration[node.node_id] = raft.configuration
+
+    def _check_commit_rule(self, node: SimNode, previous_commit: int) -> None:
+        """A leader moves its commit index only onto an entry of its own term (Figure 8): an
+        earlier term's entry on a majority can still be overwritten, so counting its replicas
+        commits nothing. Checked directly, because the overwrite that follows is rare."""
+        log = node.raft.log
+        commit = log.committed
+        if commit > previous_commit and log.term_at(commit) != node.raft.term:
+            raise Violation(
+                "commit_rule",
+                f"node {node.node_id}, leader of term {node.raft.term}, committed up to entry "
+                f"{commit} of term {log.term_at(commit)} by counting replicas",
+            )
 
     def _check_leader_completeness(self, node: SimNode) -> None:
         log = node.raft.log

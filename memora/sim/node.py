@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from memora.core.codec import encode
 from memora.core.raft import (
     Configuration,
+    Message,
     NotLeaderError,
     ProposalDroppedError,
     RaftNode,
@@ -217,6 +218,8 @@ class SimNode:
         """Hand every Ready to the disk, the network and the replica, in the contract's order."""
         while self.up and not self.paused and not self.saving and self.raft.has_ready():
             ready = self.raft.ready()
+            # A leader's appends go out first: its followers write while it writes (see Ready).
+            self._send(ready.messages_before_persist())
             if ready.hard_state is None and not ready.entries and ready.snapshot is None:
                 self._finish(ready)
                 continue
@@ -259,12 +262,8 @@ class SimNode:
         self.pump()
 
     def _finish(self, ready: Ready) -> None:
-        send = self.world.network.send
-        for message in ready.messages:
-            send(self.node_id, message.target, message)
-            if isinstance(message, VoteResponse) and message.granted and not message.pre_vote:
-                self.world.checker.on_vote_granted(self, message)
-                self.world.on_vote_granted(self)
+        """Send the rest of `ready`'s messages, apply and advance, once its save is durable."""
+        self._send(ready.messages_after_persist())
         if ready.snapshot is not None:
             bugs = self.world.params.bugs
             self.replica = Replica.from_snapshot_data(ready.snapshot.data, injected_bugs=bugs)
@@ -281,6 +280,14 @@ class SimNode:
         self.world.checker.after_ready(self)
         self._serve_reads()
         self._maybe_compact()
+
+    def _send(self, messages: tuple[Message, ...]) -> None:
+        send = self.world.network.send
+        for message in messages:
+            send(self.node_id, message.target, message)
+            if isinstance(message, VoteResponse) and message.granted and not message.pre_vote:
+                self.world.checker.on_vote_granted(self, message)
+                self.world.on_vote_granted(self)
 
     def _answer_write(self, index: int, data: bytes, result: Result | None) -> None:
         pending = self._pending_writes.pop(index, None)

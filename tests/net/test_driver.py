@@ -218,7 +218,7 @@ async def test_a_write_past_its_deadline_is_unavailable_and_a_retry_applies_it_o
         slow_disk(0.5)
         proposal = attrs.evolve(insert(), client_id="client-a", sequence=1)
         started = trio.current_time()
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UnavailableError, match=r"log index \d+ did not complete within 0\.1 s"):
             await driver.write(proposal)
         assert trio.current_time() - started < 0.4
         slow_disk(0.0)
@@ -248,7 +248,7 @@ async def test_a_read_waits_for_min_commit_index_until_its_deadline(tmp_path: Pa
             replica = await driver.read_barrier(Consistency.FOLLOWER, future_index)
             assert replica.applied_index >= future_index
         started = trio.current_time()
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UnavailableError, match=r"the read did not complete within 0\.2 s"):
             await driver.read_barrier(Consistency.FOLLOWER, future_index + 100)
         assert 0.2 <= trio.current_time() - started < 1.0
         with pytest.raises(ValidationError):

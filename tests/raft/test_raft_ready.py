@@ -79,3 +79,48 @@ def test_prng_matches_the_splitmix64_reference() -> None:
     prng = Prng(0)
     assert prng.next_u64() == 0xE220A8397B1DCDAF
     assert prng.next_u64() == 0x6E789E6AA1B965F4
+
+
+def test_a_leaders_appends_may_go_out_before_its_own_entries_are_durable() -> None:
+    cluster = Cluster()
+    leader = cluster.elect(1)
+    leader.propose(b"x")
+    ready = leader.ready()
+    assert ready.appends_may_precede_persist
+    early = ready.messages_before_persist()
+    assert {m.target for m in early} == {2, 3}
+    assert all(isinstance(m, AppendRequest) and m.entries for m in early)
+    assert set(ready.messages_after_persist()).isdisjoint(early)
+    # Both followers write and acknowledge while the leader's own write is still under way.
+    cluster.queue.extend(early)
+    cluster.deliver()
+    for follower in (2, 3):
+        cluster.process_ready(follower)
+    cluster.deliver()
+    index = ready.entries[-1].index
+    assert leader.log.committed == index  # Counted: the followers' copies are a quorum.
+    assert ready.committed == ()  # But applied, answered and announced only after this Ready.
+    cluster.storages[1].save(ready.hard_state, ready.entries, ready.snapshot)
+    cluster.finish_ready(1, ready)
+    assert [entry.index for entry in drain(leader).committed] == [index]
+
+
+def test_acknowledgments_votes_and_a_new_terms_messages_wait_for_the_disk() -> None:
+    cluster = Cluster()
+    cluster.elect(1)
+    cluster.node(1).propose(b"x")
+    cluster.process_ready(1)
+    cluster.deliver()  # The appends reach the followers; their Readies hold the acknowledgments.
+    follower = cluster.node(2)
+    follower_ready = follower.ready()
+    assert follower_ready.entries and follower_ready.messages
+    assert not follower_ready.appends_may_precede_persist
+    assert follower_ready.messages_before_persist() == ()
+    assert follower_ready.messages_after_persist() == follower_ready.messages
+    cluster.storages[2].save(follower_ready.hard_state, follower_ready.entries, None)
+    cluster.finish_ready(2, follower_ready)
+    candidate = cluster.node(3)
+    candidate.campaign()
+    campaign = candidate.ready()
+    assert campaign.messages and not campaign.appends_may_precede_persist
+    assert campaign.messages_before_persist() == ()

@@ -372,6 +372,14 @@ class RaftNode:
         if InjectedBug.VOTE_NOT_PERSISTED in self.options.injected_bugs:
             # The vote stays in memory but never reaches the disk: a restart forgets it.
             persisted = attrs.evolve(hard_state, vote=None)
+        saved = self._saved_hard_state
+        appends_may_precede_persist = (
+            self.role is Role.LEADER
+            and (hard_state.term, hard_state.vote) == (saved.term, saved.vote)
+            # Nothing committed is still only being written here (always so, unless a peer
+            # acknowledged entries it was never sent): see `Ready`.
+            and self.log.committed <= self.log.stable_index
+        )
         ready = Ready(
             hard_state=None if hard_state == self._saved_hard_state else persisted,
             snapshot=self.log.pending_snapshot,
@@ -380,6 +388,7 @@ class RaftNode:
             committed=self.log.committed_entries_to_apply(constants.raft_ready_committed_bytes_max),
             reads=tuple(self._reads),
             soft_state=self.soft_state(),
+            appends_may_precede_persist=appends_may_precede_persist,
         )
         self._saved_hard_state = hard_state
         self._outbox = []

@@ -348,6 +348,16 @@ class Ready:
     4. call `advance(ready)` with this very value.
 
     `ready()` may not be called again until then. `soft_state` is informational.
+
+    One exception to the order, which a driver may take: `messages_before_persist()` (a leader's
+    append requests, when its term and vote are already durable) may be sent before or during
+    step 1, so that the leader writes its log in parallel with its followers (Raft thesis
+    10.2.1); `messages_after_persist()` are the rest, for step 2. This is safe because an append
+    request claims nothing about the leader's own disk, and because the commit index of a leader
+    with peers only covers entries it sent in earlier Readies, all durable on it before this one
+    was made (`RaftNode.ready` checks it): whatever a follower's answer commits next becomes
+    visible (applied, answered, or sent as a commit index) only in a later Ready, after this
+    one's step 1.
     """
 
     hard_state: HardState | None
@@ -357,6 +367,18 @@ class Ready:
     committed: tuple[LogEntry, ...]
     reads: tuple[ReadState, ...]
     soft_state: SoftState
+    # Whether the append requests in `messages` may precede step 1 (see above).
+    appends_may_precede_persist: bool = False
+
+    def messages_before_persist(self) -> tuple[Message, ...]:
+        if not self.appends_may_precede_persist:
+            return ()
+        return tuple(m for m in self.messages if isinstance(m, AppendRequest))
+
+    def messages_after_persist(self) -> tuple[Message, ...]:
+        if not self.appends_may_precede_persist:
+            return self.messages
+        return tuple(m for m in self.messages if not isinstance(m, AppendRequest))
 
     def is_empty(self) -> bool:
         return (
@@ -479,15 +501,18 @@ def _check_bytes(value: Any, deep: bool) -> bytes:
 
 
 def _enum_checker(cls: type[enum.IntEnum]) -> Checker:
+    # A dict lookup: calling the enum class is the slow part of decoding every message.
+    member_of_value = {int(member): member for member in cls}
+
     def check(value: Any, deep: bool) -> Any:
-        if isinstance(value, cls):
+        if type(value) is cls:
             return value
         if type(value) is not int:
             raise ShapeError(f"expected a {cls.__name__}, found {type(value).__name__}")
-        try:
-            return cls(value)
-        except ValueError as error:
-            raise ShapeError(str(error)) from error
+        member = member_of_value.get(value)
+        if member is None:
+            raise ShapeError(f"{value} is not a valid {cls.__name__}")
+        return member
 
     return check
 
