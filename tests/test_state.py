@@ -756,6 +756,20 @@ def test_snapshots_with_parts_that_disagree_are_refused() -> None:
     assert snapshot.restore(parts).state_hash() == first.machine.state_hash()
 
 
+def test_a_format_1_snapshot_restores_though_its_hash_was_computed_the_old_way() -> None:
+    store = graph_with_everything()
+    parts = snapshot.take(store.machine)
+    state = codec.decode(parts["state"])
+    old = {**state, "format": 1, "state_hash": "a hash the old digests gave"}
+    restored = snapshot.restore({**parts, "state": codec.encode(old)})
+    assert restored.state_hash() == store.machine.state_hash()
+    with pytest.raises(CodecError, match="state hash"):  # The current format is checked.
+        wrong = {**state, "state_hash": "a hash the old digests gave"}
+        snapshot.restore({**parts, "state": codec.encode(wrong)})
+    with pytest.raises(CodecError, match="unknown format"):
+        snapshot.restore({**parts, "state": codec.encode({**state, "format": 3})})
+
+
 def test_many_vector_changes_to_one_key_in_one_batch_leave_the_last() -> None:
     store = Store()
     store.ok(
