@@ -356,8 +356,9 @@ class RaftNode:
         if self._ready_outstanding is not None:
             return False
         log = self.log
+        saved = self._saved_hard_state  # Compared field by field: has_ready runs on every tick.
         return (
-            self.hard_state() != self._saved_hard_state
+            (self.term, self.vote, log.committed) != (saved.term, saved.vote, saved.commit)
             or log.pending_snapshot is not None
             or log.stable_index < log.last_index()
             or max(log.applied, log.snapshot_index) < log.committed
