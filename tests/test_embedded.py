@@ -176,3 +176,19 @@ def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     assert "related to alice within 2 hops" in printed
     assert "demo finished" in printed
+
+
+def test_query_vectors_are_checked_at_the_bound(tmp_path: Path) -> None:
+    # The query check is one squared norm; near the component bound it must agree with the
+    # component-wise rule.
+    bound = memora.core.constants.vector_component_abs_max
+    with Memora.open(tmp_path, dimension=8) as store:
+        populate(store, 5)
+        assert len(store.query_similar([0.9 * bound] * 8, top_k=2)) == 2
+        assert len(store.query_similar([bound, 0, 0, 0, 0, 0, 0, 0], top_k=2)) == 2
+        for bad in ([2 * bound] + [0.0] * 7, [float("nan")] * 8, [float("inf")] + [0.0] * 7):
+            with pytest.raises(ValidationError) as caught:
+                store.query_similar(bad, top_k=2)
+            assert caught.value.field == "vector"
+        with pytest.raises(DimensionError):
+            store.query_similar([1.0] * 7, top_k=2)

@@ -512,3 +512,34 @@ def test_memory_bytes_grows_with_vectors() -> None:
     empty = index.memory_bytes()
     index.add(list(range(1, 2001)), np.ones((2000, 8), np.float32), 1)
     assert index.memory_bytes() > empty + 2000 * 8 * 4
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_one_vector_per_add_builds_what_one_batch_builds(metric: Metric) -> None:
+    # A single add takes a scalar path for its norm; a restore or a batch takes numpy's. The two
+    # must give the same bits, or replicas that restored would grow a different graph.
+    rng = np.random.default_rng(3)
+    scales = np.array([1e-38, 1e-20, 1e-6, 1.0, 1e6, 1e12], dtype=np.float32)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32) * scales[np.arange(300) % 6, None]
+    vectors[7] = 0.0
+    with small_segments(brute_force_max=64, vectors_max=256, capacity=16):
+        singles, batched = VectorIndex(16, metric), VectorIndex(16, metric)
+        for key, vector in enumerate(vectors, start=1):
+            singles.add([key], vector[np.newaxis], 1)
+        batched.add(list(range(1, 301)), vectors, 1)
+        assert singles.snapshot() == batched.snapshot()
+        probes = rng.standard_normal((10, 16)).astype(np.float32)
+        assert answers(singles, probes) == answers(batched, probes)
+
+
+def test_ties_from_one_graph_come_back_by_key() -> None:
+    with small_segments(brute_force_max=64, vectors_max=1024, capacity=16):
+        index = VectorIndex(8, "l2")
+        rng = np.random.default_rng(4)
+        index.add(list(range(100, 200)), rng.standard_normal((100, 8)).astype(np.float32), 1)
+        twin = np.full((1, 8), 5.0, dtype=np.float32)
+        for key in (60, 50, 40):  # Equal vectors, added in descending key order.
+            index.add([key], twin, 2)
+        hits = index.search(twin[0], 3, ef=100)
+        assert [key for key, _ in hits] == [40, 50, 60]
+        assert [distance for _, distance in hits] == [0.0, 0.0, 0.0]

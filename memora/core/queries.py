@@ -17,7 +17,7 @@ import bisect
 import heapq
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,11 @@ from memora.core.vectors import distances
 
 RecordT = TypeVar("RecordT", Node, Edge, Observation)
 DIRECTIONS = ("out", "in", "both")
+# A query vector whose squared norm (summed in float32) is at most this has every component
+# within vector_component_abs_max. The margin covers float32 rounding of a sum over
+# dimension_max squares (relative error below dimension_max * 2**-24, about 2.4e-4).
+QUERY_NORM_SQUARED_CHECKED_MAX: Final = constants.vector_component_abs_max**2 * (1 - 1e-3)
+assert constants.dimension_max * 2.0**-24 < 1e-3
 
 
 # -- Arguments ------------------------------------------------------------------------------------
@@ -62,6 +67,14 @@ def query_vector(ns: NamespaceState, vector: Any) -> FloatArray:
         array = np.asarray(vector, dtype=VECTOR_DTYPE)
     except (TypeError, ValueError) as error:
         raise ValidationError(f"vector must be a list of numbers: {error}", "vector") from error
+    # One dot product instead of a pass per check: NaN and infinity make it fail the comparison,
+    # and a norm within the bound keeps every component within it too.
+    if (
+        array.ndim == 1
+        and array.shape[0] == ns.info.dimension
+        and float(np.dot(array, array)) <= QUERY_NORM_SQUARED_CHECKED_MAX
+    ):
+        return array
     return validate.vector_values(array, ns.info.dimension)
 
 
@@ -343,7 +356,8 @@ def similar(
     exclude: int | None = None,
 ) -> list[SimilarHit]:
     """The `top_k` live nodes nearest to `vector`, optionally of one label, nearest first."""
-    _check_count(top_k, "top_k", 1, constants.top_k_max)
+    if type(top_k) is not int or not 1 <= top_k <= constants.top_k_max:
+        _check_count(top_k, "top_k", 1, constants.top_k_max)  # Raises the error that fits.
     if ef is not None:
         _check_count(ef, "ef", 1, constants.hnsw_ef_search_max)
     if as_of is not None:
@@ -363,6 +377,8 @@ def similar(
     wanted = top_k + (1 if exclude is not None else 0)
     hits = ns.node_vectors.search(vector, wanted, ef=ef, allowed=allowed, exact=exact)
     nodes = ns.nodes
+    if exclude is None:
+        return [(nodes[key][-1], distance) for key, distance in hits]
     found = [(nodes[key][-1], distance) for key, distance in hits if key != exclude]
     return found[:top_k]
 

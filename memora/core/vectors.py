@@ -25,6 +25,7 @@ deleted and one restored from a snapshot would diverge). The limits come from
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -60,6 +61,8 @@ ALLOWED_CHUNK_ROWS: Final = 256
 KEY_MAP_ENTRY_BYTES: Final = 100
 GRAPH_ELEMENT_OVERHEAD_BYTES: Final = 100
 
+FLOAT32: Final = np.dtype(np.float32)
+
 Hit = tuple[float, int]  # (distance, key): sorting these sorts by distance, then key.
 SlotArray = npt.NDArray[np.int64]
 
@@ -88,7 +91,13 @@ def distances(matrix: FloatArray, query: FloatArray, metric: Metric) -> npt.NDAr
 def _norms_inverse(matrix: FloatArray) -> npt.NDArray[np.float32]:
     """1 / |row| per row (0 below NORM_MIN), summed in float64: float32 input cannot overflow it."""
     wide = matrix.astype(np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    squares = np.einsum("ij,ij->i", wide, wide)
+    if len(matrix) == 1:
+        # One row (a single insert): the same sum, then scalar arithmetic, whose IEEE square
+        # root, division and rounding to float32 give numpy's bits in a third of the calls.
+        norm = math.sqrt(float(squares[0]))
+        return np.array([0.0 if norm < NORM_MIN else 1.0 / norm], dtype=np.float32)
+    norms = np.sqrt(squares)
     small = norms < NORM_MIN
     inverse = np.where(small, 0.0, 1.0 / np.where(small, 1.0, norms))
     return inverse.astype(np.float32)
@@ -146,10 +155,6 @@ def _top_hits(
                 if len(hits) == k:
                     return hits
     return hits
-
-
-def _distance_then_key(pair: tuple[int, float]) -> tuple[float, int]:
-    return pair[1], pair[0]
 
 
 def _graph_seed(first_log_index: int) -> int:
@@ -246,6 +251,10 @@ class Segment:
         slots = np.empty(capacity, dtype=np.int64)
         slots[: self.count] = self.slots[: self.count]
         self.vectors, self.norms_inverse, self.slots = vectors, norms_inverse, slots
+        if self.graph is not None:
+            # The graph's capacity follows the buffers' (it never changes the graph itself), so
+            # that adding to it needs no capacity check.
+            self.graph.resize_index(capacity)
 
     def build_graph(self) -> None:
         """Build the graph from all rows, in slot order, on one thread."""
@@ -263,9 +272,7 @@ class Segment:
 
     def _graph_add(self, start: int) -> None:
         """Add rows [start, count) to the graph, in order, as `graph_rows` presents them."""
-        assert self.graph is not None and 0 <= start < self.count
-        if self.graph.get_max_elements() < self.count:
-            self.graph.resize_index(len(self.slots))
+        assert self.graph is not None and 0 <= start < self.count <= len(self.slots)
         for chunk_start in range(start, self.count, GRAPH_ADD_CHUNK_ROWS):
             chunk_end = min(chunk_start + GRAPH_ADD_CHUNK_ROWS, self.count)
             rows = self.graph_rows(chunk_start, chunk_end)
@@ -318,6 +325,7 @@ class Segment:
         assert len(self.vectors) == len(self.slots) == len(self.norms_inverse)
         if self.graph is not None:
             assert self.graph.get_current_count() == self.count
+            assert self.graph.get_max_elements() == len(self.slots)
         if self.sealed:
             assert self.count == len(self.slots), "a sealed segment has no spare capacity"
 
@@ -357,13 +365,13 @@ class VectorIndex:
         Within one call a repeated key keeps its last vector. `log_index` is the commit index of
         the entry; it never goes backwards.
         """
-        assert vectors.dtype == np.float32, vectors.dtype
+        assert vectors.dtype is FLOAT32 or vectors.dtype == np.float32, vectors.dtype
         assert vectors.shape == (len(keys), self.dimension), (vectors.shape, len(keys))
         assert log_index >= self._log_index_last, (log_index, self._log_index_last)
         key_list = [int(key) for key in keys]
-        assert all(constants.record_id_min <= key <= constants.record_id_max for key in key_list), (
-            "keys are record ids"
-        )
+        if key_list:
+            assert constants.record_id_min <= min(key_list), "keys are record ids"
+            assert max(key_list) <= constants.record_id_max, "keys are record ids"
         self._log_index_last = log_index
         if not key_list:
             return
@@ -444,7 +452,10 @@ class VectorIndex:
         graph are searched approximately with `ef` (at least k). Fewer than k pairs come back only
         when fewer than k live, allowed vectors exist (or, approximately, are reachable).
         """
-        assert query.dtype == np.float32 and query.shape == (self.dimension,), query.shape
+        # `is` first: comparing a dtype with a type costs microseconds when caches are cold,
+        # and they are after a graph search (see `_search_one_graph`).
+        assert query.dtype is FLOAT32 or query.dtype == np.float32, query.dtype
+        assert query.shape == (self.dimension,), query.shape
         assert 1 <= k <= constants.hnsw_ef_search_max, k
         ef_search = constants.hnsw_ef_search_default if ef is None else ef
         assert 1 <= ef_search <= constants.hnsw_ef_search_max, ef_search
@@ -513,7 +524,10 @@ class VectorIndex:
             grown = np.zeros(max(end, 2 * len(self._slot_keys)), dtype=np.int64)
             grown[:first] = self._slot_keys[:first]
             self._slot_keys = grown
-        self._slot_keys[first:end] = keys
+        if len(keys) == 1:
+            self._slot_keys[first] = keys[0]  # A single insert: no list to convert.
+        else:
+            self._slot_keys[first:end] = keys
         self._live.extend(b"\x01" * len(keys))
         self._slot_count = end
         assert len(self._live) == self._slot_count
@@ -650,13 +664,22 @@ class VectorIndex:
     def _search_one_graph(
         self, segment: Segment, query: FloatArray, k: int, ef: int
     ) -> list[tuple[int, float]]:
-        """The common case of `search`, kept lean: one graph, no tombstones, no filter."""
-        segment.use_ef(ef)
+        """The common case of `search`, kept lean: one graph, no tombstones, no filter.
+
+        Each numpy call and each Python object touched here costs far more than it would in a
+        loop, because the graph search has just pushed them out of the CPU caches; so results
+        are converted with as few calls as possible (no row views, one `take`).
+        """
+        if segment.graph_ef != ef:
+            segment.use_ef(ef)
         labels, found = segment.graph.knn_query(self._graph_query(query), k=min(k, segment.count))
-        keys = self._slot_keys.take(labels[0].astype(np.intp)).tolist()
-        pairs = list(zip(keys, found[0].tolist(), strict=True))
-        pairs.sort(key=_distance_then_key)  # hnswlib sorts by distance; ties go by key.
-        return pairs
+        distances: list[float] = found.tolist()[0]
+        keys: list[int] = self._slot_keys.take(labels).tolist()[0]
+        if len(set(distances)) == len(distances):
+            # hnswlib sorts by distance; with no tie, that is the (distance, key) order already.
+            return list(zip(keys, distances, strict=True))
+        pairs = sorted(zip(distances, keys, strict=True))
+        return [(key, distance) for distance, key in pairs]
 
     def _accept_allowed(
         self, allowed: Callable[[int], bool], accepted: list[int]
@@ -748,11 +771,17 @@ class VectorIndex:
         assert len(self._live) == self._slot_count <= len(self._slot_keys)
         assert len(self._slot_of_key) <= self._slot_count
         assert len(self._segment_first_slots) == len(self._segments)
-        assert all(segment.sealed for segment in self._segments[:-1])
-        assert self._segment_first_slots == sorted(set(self._segment_first_slots))
-        for segment in self._segments:
+        # One plain loop: this runs after every add, and generators cost more than the checks.
+        live_count = 0
+        first_slot_previous = -1
+        for position, segment in enumerate(self._segments):
+            assert segment.sealed or position == len(self._segments) - 1, "only the last is active"
+            first_slot = self._segment_first_slots[position]
+            assert first_slot > first_slot_previous, self._segment_first_slots
+            first_slot_previous = first_slot
             segment.invariants()
-        assert sum(segment.live_count for segment in self._segments) == len(self._slot_of_key)
+            live_count += segment.live_count
+        assert live_count == len(self._slot_of_key), (live_count, len(self._slot_of_key))
 
 
 def _sealed_segment(

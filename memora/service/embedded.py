@@ -473,7 +473,10 @@ class Memora:
     def _reader(self, namespace: str | None, as_of: int | None) -> NamespaceState:
         if self._closed:
             raise StoreClosedError("the store is closed")
-        return self._local.replica.machine.reader(namespace or self.namespace, as_of)
+        machine = self._local.replica.machine
+        if as_of is None:
+            return machine.namespace(namespace or self.namespace)  # Nothing to check in `reader`.
+        return machine.reader(namespace or self.namespace, as_of)
 
     # -- Snapshots --------------------------------------------------------------------------------
 
