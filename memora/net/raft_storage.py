@@ -213,17 +213,20 @@ class FileStorage:
     ) -> None:
         """Make one Ready durable: term and vote, snapshot, entries (see the module docstring)."""
         self._check_usable()
+        # Read once: each read takes the log's lock, and a save is on every write's path.
+        last_index = self.last_index()
         if hard_state is not None:
-            last_index = _last_index_after(self.last_index(), entries, snapshot)
-            assert hard_state.commit <= last_index, (hard_state, last_index)
+            last_index_after = _last_index_after(last_index, entries, snapshot)
+            assert hard_state.commit <= last_index_after, (hard_state, last_index_after)
         try:
             if hard_state is not None:
-                commit = self._commit_to_write(hard_state, entries, snapshot)
+                commit = self._commit_to_write(hard_state, entries, snapshot, last_index)
                 self._save_term_and_vote(hard_state, commit)
             if snapshot is not None:
                 self._install_snapshot(snapshot)
+                last_index = self.last_index()
             if entries:
-                self._append(entries)
+                self._append(entries, last_index)
         except BaseException as error:
             self._failure = error
             raise
@@ -298,7 +301,11 @@ class FileStorage:
     # -- Steps of a save ----------------------------------------------------------------------
 
     def _commit_to_write(
-        self, hard_state: HardState, entries: Sequence[LogEntry], snapshot: Snapshot | None
+        self,
+        hard_state: HardState,
+        entries: Sequence[LogEntry],
+        snapshot: Snapshot | None,
+        last_index: int,
     ) -> int:
         """The highest commit the file may name while this save is under way: every entry up to
         it is durable now, and no later step of the save removes or replaces it."""
@@ -307,7 +314,7 @@ class FileStorage:
             # committed ones: only the last saved commit is known to name committed entries on
             # disk. `initial_state` raises the commit to the snapshot's index once that is durable.
             return min(hard_state.commit, self._hard_state.commit)
-        kept = self.last_index()
+        kept = last_index
         if entries:
             kept = min(kept, entries[0].index - 1)  # Entries up to here match the leader's.
         return min(hard_state.commit, kept)
@@ -338,15 +345,17 @@ class FileStorage:
         self._snapshots.write(meta.index, meta.term, parts)
         self._meta = meta
 
-    def _append(self, entries: Sequence[LogEntry]) -> None:
+    def _append(self, entries: Sequence[LogEntry], last_index: int) -> None:
+        """Append and fsync `entries`; `last_index` is `self.last_index()` before them."""
         first = entries[0].index
-        assert self._meta.index < first <= self.last_index() + 1, (first, self.last_index())
+        assert self._meta.index < first <= last_index + 1, (first, last_index)
         # Raft never replaces a committed entry; the file's commit must stay on disk.
         assert first > self._durable_hard_state.commit, (first, self._durable_hard_state)
         for previous, entry in itertools.pairwise(entries):
             assert entry.index == previous.index + 1, (previous.index, entry.index)
-        log_last = self._log.last_index
-        if log_last is not None and first <= log_last:
+        # The log holds every entry after the snapshot, so its last index is `last_index` when
+        # it is past the snapshot's (and an empty log only ever gets entries after it).
+        if self._meta.index < first <= last_index:
             self._log.truncate_suffix(first - 1)
         for entry in entries:
             self._log.append(entry.index, encode_value(entry))
@@ -365,8 +374,9 @@ class FileStorage:
     def _check(self) -> None:
         durable, latest = self._durable_hard_state, self._hard_state
         assert (durable.term, durable.vote) == (latest.term, latest.vote), (durable, latest)
-        assert durable.commit <= self.last_index(), (durable, self.last_index())
-        assert latest.commit <= self.last_index(), (latest, self.last_index())
+        last_index = self.last_index()
+        assert durable.commit <= last_index, (durable, last_index)
+        assert latest.commit <= last_index, (latest, last_index)
         first = self._log.first_index
         assert first is None or first <= self._meta.index + 1, (first, self._meta)
 

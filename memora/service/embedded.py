@@ -66,6 +66,8 @@ from memora.service.arguments import (
 from memora.service.local_node import LocalNode
 
 logger = logging.getLogger(__name__)
+# The provenance of a write that names none: frozen, so one instance serves every call.
+NO_PROVENANCE = Provenance()
 
 
 class StoreClosedError(MemoraError):
@@ -158,7 +160,7 @@ class Memora:
             properties={} if properties is None else properties,
             text=text,
             vector=optional_vector_bytes(vector),
-            provenance=provenance or Provenance(),
+            provenance=provenance or NO_PROVENANCE,
         )
         node: Node = self._propose(command, namespace)
         return node
@@ -208,7 +210,7 @@ class Memora:
             kind,
             id,
             {} if properties is None else properties,
-            provenance or Provenance(),
+            provenance or NO_PROVENANCE,
         )
         edge: Edge = self._propose(command, namespace)
         return edge
@@ -238,7 +240,7 @@ class Memora:
         namespace: str | None = None,
     ) -> Observation:
         command = AddObservation(
-            node_id, text, optional_vector_bytes(vector), None, provenance or Provenance()
+            node_id, text, optional_vector_bytes(vector), None, provenance or NO_PROVENANCE
         )
         observation: Observation = self._propose(command, namespace)
         return observation
