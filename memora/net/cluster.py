@@ -514,9 +514,15 @@ class ClusterNode:
             await self.driver.transfer_leadership(node_id)
             return Applied(0, None)
 
-        await self._at_leader(
-            Method.TRANSFER_LEADERSHIP, node_id, here, self._limits.write_timeout_s
-        )
+        try:
+            await self._at_leader(
+                Method.TRANSFER_LEADERSHIP, node_id, here, self._limits.write_timeout_s
+            )
+        except UnavailableError:
+            # The old leader may hand over before its answer arrives, and then this node sees
+            # its call's leader lose the leadership: if the target leads now, it was done.
+            if self.driver.leader_id != node_id:
+                raise
 
     async def _add_member_here(self, node_id: int, address: str | None) -> Applied:
         if address is not None:
