@@ -211,7 +211,7 @@ def digest_input(record: object) -> bytes:
     """The bytes a record version is digested from: [tag, properties?, field, ...] as one flat
     CBOR array, nested Provenance and Stamp values spelled out in place, maps in sorted key order.
 
-    Not `encode_canonical(record)`: cbor2 pays about a microsecond for every nested array and
+    Not cbor2's canonical mode: it pays about a microsecond for every nested array and
     for every map it sorts itself, and this runs for every version written and again for every
     version restored. Each class has a fixed number of fields and CBOR items delimit themselves,
     so the bytes still name one version of one class. Floats stay float64 (not canonical CBOR's
@@ -226,11 +226,6 @@ def digest_input(record: object) -> bytes:
             properties = _sorted_maps(properties)
         return cbor2.dumps((tag, properties, *fields(record)), default=_encode_default)
     return cbor2.dumps((tag, *fields(record)), default=_encode_default)
-
-
-def encode_canonical(value: Any) -> bytes:
-    """Encode with sorted map keys and shortest floats, for hashing logical state."""
-    return cbor2.dumps(value, default=_encode_default, canonical=True)
 
 
 def decode(data: bytes) -> Any:
