@@ -670,8 +670,7 @@ class VectorIndex:
         loop, because the graph search has just pushed them out of the CPU caches; so results
         are converted with as few calls as possible (no row views, one `take`).
         """
-        if segment.graph_ef != ef:
-            segment.use_ef(ef)
+        segment.use_ef(ef)
         labels, found = segment.graph.knn_query(self._graph_query(query), k=min(k, segment.count))
         distances: list[float] = found.tolist()[0]
         keys: list[int] = self._slot_keys.take(labels).tolist()[0]
