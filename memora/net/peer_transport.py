@@ -11,7 +11,10 @@ nothing but its handshake answer, so a connection carries frames one way, and ev
 delivered with the id its sender proved in the handshake, in the order sent.
 - `send(peer_id, body)` queues the body (it never blocks) for the peer's writer task, which
   dials, completes the handshake, and then coalesces queued frames into one socket write of up to
-  `write_batch_bytes_max`. The queue is bounded in frames and bytes: beyond either bound, or for
+  `write_batch_bytes_max`. While that writer waits on an established connection with nothing
+  queued, `send` writes the frame into the socket itself instead (non-blocking; what the socket
+  does not take goes to the writer): the common case of a frame or two per Raft step leaves
+  without a task switch. The queue is bounded in frames and bytes: beyond either bound, or for
   an unknown peer or an oversized body, `send` returns False and counts the drop. While a peer is
   unreachable its queue keeps the oldest frames up to the bound and delivers them, oldest first,
   once a connection is up again.
@@ -144,6 +147,16 @@ class TransportSettings:
         assert peer_wire.is_incarnation(self.incarnation), self.incarnation
 
 
+@attrs.frozen(eq=False)
+class _IdleLink:
+    """An established outbound connection whose writer waits for frames: its socket (by file
+    descriptor, non-blocking as trio made it), its frame encoder, and its writer's scope."""
+
+    fileno: int
+    encoder: FrameEncoder
+    writer: trio.CancelScope
+
+
 @attrs.define(eq=False)
 class _Peer:
     """What one node knows about one peer: where it is, what waits to go there, and its links."""
@@ -154,6 +167,13 @@ class _Peer:
     queued_bytes: int = 0  # The sum of the lengths of the bodies in `queue`.
     frames_queued: trio.Event = attrs.Factory(trio.Event)  # Set when `queue` gets a body.
     writer: trio.CancelScope | None = None  # The current writer task's scope.
+    # Set while the writer waits for frames on an established connection: `send` then writes
+    # to that connection itself (see `_write_now`).
+    idle_link: _IdleLink | None = None
+    # Bytes of a frame `_write_now` left over when the socket took only part of it; the writer
+    # sends them before anything queued, and then counts the frame.
+    unsent: bytes = b""
+    link_broken: bool = False  # `_write_now` failed: the writer must end the connection.
     outbound_connected: bool = False
     inbound: trio.CancelScope | None = None  # The current inbound connection's scope.
     connects_total: int = 0  # Outbound connections established (handshake completed).
@@ -357,10 +377,43 @@ class PeerTransport:
         ):
             self._counters["frames_dropped_total"] += 1
             return False
+        link = peer.idle_link
+        if link is not None and link.writer is peer.writer:
+            self._write_now(peer, link, body)
+            return True
         peer.queue.append(body)
         peer.queued_bytes += len(body)
         peer.frames_queued.set()
         return True
+
+    def _write_now(self, peer: _Peer, link: _IdleLink, body: bytes) -> None:
+        """Write one frame into an idle connection from the caller's task: the frame leaves now,
+        without waking the writer task (a task switch, and on a busy loop a delay, per frame).
+
+        Safe because the writer is parked with nothing queued or unsent, so no other bytes can
+        be in flight on the connection. What the socket does not take at once, or a failed
+        write, is handed to the writer (woken by `frames_queued`): it sends the rest first, or
+        ends the connection as it does when its own write fails."""
+        assert not peer.queue and not peer.unsent, peer
+        data = link.encoder.encode(body)
+        try:
+            written = os.write(link.fileno, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as error:
+            self._counters["frames_lost_total"] += 1
+            peer.last_error = f"send: {_describe(error)}"
+            peer.link_broken = True
+            written = len(data)
+        self._counters["bytes_sent_total"] += written
+        if written < len(data):
+            peer.unsent = data[written:]
+        elif not peer.link_broken:
+            self._counters["frames_sent_total"] += 1
+            self._counters["socket_writes_total"] += 1
+        if peer.unsent or peer.link_broken:
+            peer.idle_link = None
+            peer.frames_queued.set()
 
     def _start_writer(self, peer: _Peer) -> None:
         """(Re)start the peer's writer task, if running; a previous one is cancelled."""
@@ -397,7 +450,7 @@ class PeerTransport:
                 peer.outbound_connected = True
                 peer.connects_total += 1
             try:
-                await self._send_until_broken(peer, stream, encoder)
+                await self._send_until_broken(peer, stream, encoder, scope)
             finally:
                 if peer.writer is scope:
                     peer.outbound_connected = False
@@ -460,35 +513,60 @@ class PeerTransport:
         peer.last_error = f"dial {peer_wire.format_address(*peer.address)}: {_describe(error)}"
 
     async def _send_until_broken(
-        self, peer: _Peer, stream: trio.SocketStream, encoder: FrameEncoder
+        self,
+        peer: _Peer,
+        stream: trio.SocketStream,
+        encoder: FrameEncoder,
+        writer: trio.CancelScope,
     ) -> None:
         """Write batches until a write fails or the peer closes the connection."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_for_close, peer, stream, nursery.cancel_scope)
-            await self._write_batches(peer, stream, encoder)
+            link = _IdleLink(stream.socket.fileno(), encoder, writer)
+            await self._write_batches(peer, stream, link)
             nursery.cancel_scope.cancel()
 
-    async def _write_batches(
-        self, peer: _Peer, stream: trio.SocketStream, encoder: FrameEncoder
-    ) -> None:
+    async def _write_batches(self, peer: _Peer, stream: trio.SocketStream, link: _IdleLink) -> None:
+        """Send what is queued for `peer` on `stream` (whose socket and encoder `link` names),
+        until a write fails."""
+        if peer.unsent:  # The tail of a frame begun on a connection that has ended since.
+            self._counters["frames_lost_total"] += 1
+        peer.unsent, peer.link_broken = b"", False
+        encoder = link.encoder
         while True:
-            while not peer.queue:
-                peer.frames_queued = trio.Event()
-                await peer.frames_queued.wait()
-            batch = peer.take_batch(self._settings.write_batch_bytes_max)
-            data = encoder.encode_batch(batch)
+            while not peer.queue and not peer.unsent:
+                await self._wait_for_frames(peer, link)
+                if peer.link_broken:
+                    return
+            if peer.unsent:  # The rest of a frame `_write_now` began: it goes first.
+                data, frames = peer.unsent, 1
+                peer.unsent = b""
+            else:
+                batch = peer.take_batch(self._settings.write_batch_bytes_max)
+                data, frames = encoder.encode_batch(batch), len(batch)
             try:
                 await stream.send_all(data)
             except _SOCKET_ERRORS as error:
-                self._counters["frames_lost_total"] += len(batch)
+                self._counters["frames_lost_total"] += frames
                 peer.last_error = f"send: {_describe(error)}"
                 return
             except trio.Cancelled:  # The peer closed, moved or was removed mid-write.
-                self._counters["frames_lost_total"] += len(batch)
+                self._counters["frames_lost_total"] += frames
                 raise
-            self._counters["frames_sent_total"] += len(batch)
+            self._counters["frames_sent_total"] += frames
             self._counters["bytes_sent_total"] += len(data)
             self._counters["socket_writes_total"] += 1
+
+    @staticmethod
+    async def _wait_for_frames(peer: _Peer, link: _IdleLink) -> None:
+        """Park until `send` queues a frame, letting it write into the connection meanwhile."""
+        peer.idle_link = link
+        peer.frames_queued = trio.Event()
+        try:
+            await peer.frames_queued.wait()
+        finally:
+            if peer.idle_link is link:
+                peer.idle_link = None
 
     async def _watch_for_close(
         self, peer: _Peer, stream: trio.SocketStream, scope: trio.CancelScope

@@ -188,6 +188,33 @@ async def test_large_and_empty_bodies_arrive_whole_across_small_batches() -> Non
 
 
 @pytest.mark.trio
+async def test_frames_sent_on_an_idle_connection_leave_at_once_and_in_order() -> None:
+    """With the writer parked on an established connection, `send` writes into the socket
+    itself: a small frame is one socket write before `send` returns; a body larger than the
+    socket takes is finished by the writer, ahead of the frames queued behind it."""
+    inbox = Inbox()
+    receiver = transport(2, inbox)
+    async with running(receiver):
+        sender = transport(1, Inbox(), peers={2: address(receiver)})
+        async with running(sender):
+            assert sender.send(2, b"hello")
+            await eventually(lambda: len(inbox.received) == 1)
+            await eventually(lambda: sender.peer_status()[2]["outbound_connected"])
+            writes = sender.metrics()["socket_writes_total"]
+            assert sender.send(2, b"now")
+            assert sender.metrics()["socket_writes_total"] == writes + 1  # Before any checkpoint.
+            assert sender.peer_status()[2]["queued_frames"] == 0
+            bodies = [os.urandom(16 * 1024 * 1024), b"a", b"b", os.urandom(70_000), b"c"]
+            assert all(sender.send(2, body) for body in bodies)
+            assert sender.peer_status()[2]["queued_frames"] == len(bodies) - 1
+            await eventually(lambda: len(inbox.received) == 2 + len(bodies))
+    assert inbox.bodies_from(1) == [b"hello", b"now", *bodies]
+    metrics = sender.metrics()
+    assert metrics["frames_sent_total"] == 2 + len(bodies)
+    assert metrics["frames_lost_total"] == metrics["frames_dropped_total"] == 0
+
+
+@pytest.mark.trio
 async def test_send_refuses_unknown_peers_full_queues_and_oversized_bodies() -> None:
     settings = attrs.evolve(SETTINGS, send_queue_frames_max=3, send_queue_bytes_max=100)
     node = transport(1, Inbox(), peers={2: (LOOPBACK, 1)}, settings=settings)
