@@ -34,6 +34,12 @@ def test_http_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
             assert 0 < cell["p50_ms"] <= cell["p99_ms"] < 30_000
             assert cell["client_cpu_us_per_request"] > 0
     assert result["metrics"]["load_nodes_per_s"] > 0
+    floors = result["metrics"]["floors"]
+    assert set(floors) == {"asgi", "quart"}
+    for cell in floors.values():
+        assert cell["rounds"] == 2 and cell["requests_per_round"] == 20
+        assert 0 < cell["p50_ms"] <= cell["p99_ms"] < 30_000
+    assert all(name in out for name in http.FLOOR_NAMES.values())
     targets = {check["operation"]: check for check in result["targets"]}
     assert set(targets) == {"get_node", "insert_node"}
     for operation, check in targets.items():

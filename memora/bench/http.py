@@ -12,6 +12,10 @@ vectors through `POST /api/v1/batch`, then times, at each level of `connections`
 - `insert_node`: `POST /api/v1/nodes` of a new node shaped as the seed's example (id, label, and a
   name), each acknowledged only once fsynced.
 
+At one connection it then times two floors, servers of one `GET` route on the same HTTP stack
+without Memora (`memora.bench.http_floor`): a bare ASGI app on hypercorn's trio worker, and a
+QuartTrio app. They show how much of each request is the stack's before Memora does anything.
+
 The client is this process: one trio task per connection, each a keep-alive HTTP/1.1 connection
 (h11 over a trio socket, TCP_NODELAY) sending its next request as soon as the last was answered
 (a closed loop). Latency is from the first byte sent to the last byte read, so it includes the
@@ -52,7 +56,7 @@ import h11
 import numpy as np
 import trio
 
-from memora.bench import data
+from memora.bench import data, http_floor
 from memora.bench.core import Progress
 from memora.bench.raft import latency_summary, machine_info
 from memora.core import constants
@@ -70,7 +74,11 @@ load_label: Final = "BenchNode"
 get_node_p50_ms_target: Final = 1.0
 insert_node_p50_ms_target: Final = 2.0
 OPERATIONS: Final = ("health", "get_node", "similar", "insert_node")
+FLOOR_NAMES: Final = {"asgi": "floor: bare ASGI app", "quart": "floor: one Quart route"}
+assert tuple(FLOOR_NAMES) == http_floor.KINDS
 _LISTENING: Final = re.compile(r"REST API on http://127\.0\.0\.1:(\d+)/api/v1")
+_READY: Final = re.compile("ready;")  # `memora serve` prints it once every listener is up.
+_FLOOR_LISTENING: Final = re.compile(r"^listening on (\d+)$")
 
 
 @attrs.frozen
@@ -206,23 +214,27 @@ class ServerProcessError(Exception):
 class ServerProcess:
     """`python -m memora serve` on a free loopback port; its output is collected line by line.
 
-    `open_files_soft_limit`, if given, is the soft limit on open files the server starts with
-    (it raises its own at start-up)."""
+    With `floor` ("asgi" or "quart"), the server is instead `memora.bench.http_floor`: the same
+    HTTP stack serving one trivial route, with no data directory. `open_files_soft_limit`, if
+    given, is the soft limit on open files the server starts with (it raises its own at
+    start-up)."""
 
-    def __init__(self, data_dir: str, *, open_files_soft_limit: int | None = None) -> None:
-        command = [sys.executable, "-m", "memora", "serve", "--data-dir", data_dir]
+    def __init__(
+        self,
+        data_dir: str | None,
+        *,
+        floor: str | None = None,
+        open_files_soft_limit: int | None = None,
+    ) -> None:
+        assert (data_dir is None) == (floor is not None), (data_dir, floor)
+        command = [sys.executable, "-m", "memora.bench.http_floor", str(floor)]
+        if data_dir is not None:
+            command = [sys.executable, "-m", "memora", "serve", "--data-dir", data_dir]
+            command += ["--host", LOOPBACK_HOST, "--http-port", "0", "--mcp-port", "0"]
+            command += ["--embedder", "hashing"]
+        self._ready = _FLOOR_LISTENING if floor is not None else _READY
         self.process = subprocess.Popen(
-            [
-                *command,
-                "--host",
-                LOOPBACK_HOST,
-                "--http-port",
-                "0",
-                "--mcp-port",
-                "0",
-                "--embedder",
-                "hashing",
-            ],
+            command,
             env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # One pipe, always drained by the reader thread.
@@ -248,18 +260,17 @@ class ServerProcess:
     def _wait_for_port(self) -> int:
         deadline = time.monotonic() + server_start_timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
-            for line in list(self.lines):
-                if "ready;" in line:
-                    return self._port_from_lines()
+            if any(self._ready.search(line) for line in list(self.lines)):
+                return self._port_from_lines()
             time.sleep(0.05)
-        raise ServerProcessError(f"memora serve did not start: {self.output()}")
+        raise ServerProcessError(f"the server did not start: {self.output()}")
 
     def _port_from_lines(self) -> int:
         for line in self.lines:
-            match = _LISTENING.search(line)
+            match = _LISTENING.search(line) or _FLOOR_LISTENING.search(line)
             if match:
                 return int(match.group(1))
-        raise ServerProcessError(f"memora serve reported no REST API port: {self.output()}")
+        raise ServerProcessError(f"the server reported no port: {self.output()}")
 
     @property
     def pid(self) -> int:
@@ -505,6 +516,39 @@ async def measure(config: Config, server: ServerProcess, progress: Progress) -> 
     return {"load_nodes_per_s": config.nodes / load_s, "levels": levels}
 
 
+async def measure_floor(config: Config, server: ServerProcess) -> dict[str, Any]:
+    """`GET /` of a floor server over one keep-alive connection, timed as the other cells."""
+    workload = Workload("floor", 200, lambda: Request("GET", "/"))
+    connection = await HttpConnection.open(LOOPBACK_HOST, server.port)
+    try:
+        if config.warmup:
+            await measure_round(server, [connection], workload, config.warmup)
+        rounds = [
+            await measure_round(server, [connection], workload, config.requests)
+            for _ in range(config.rounds)
+        ]
+    finally:
+        await connection.aclose()
+    return cell_summary(rounds, config.requests)
+
+
+def measure_floors(config: Config, progress: Progress) -> dict[str, Any]:
+    """Each floor of `memora.bench.http_floor` at one connection: what the HTTP stack costs
+    before Memora does anything."""
+    floors = {}
+    for kind in http_floor.KINDS:
+        progress(f"measuring the {FLOOR_NAMES[kind]}")
+        server = ServerProcess(None, floor=kind)
+        try:
+            floors[kind] = trio.run(measure_floor, config, server)
+            code = server.stop()
+            if code != 0:
+                raise ServerProcessError(f"the {kind} floor exited with {code}: {server.output()}")
+        finally:
+            server.kill()
+    return floors
+
+
 # -- Reporting ------------------------------------------------------------------------------------
 
 
@@ -523,26 +567,30 @@ def targets(config: Config, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def table(config: Config, metrics: dict[str, Any]) -> list[tuple[str, ...]]:
+    """A row per cell; at one connection, the floors after Memora's operations."""
     rows: list[tuple[str, ...]] = []
     for level in config.connections:
         cells = metrics["levels"][str(level)]
-        floor = cells["health"]["p50_ms"]
-        for name in OPERATIONS:
-            cell = cells[name]
-            server_cpu = cell["server_cpu_us_per_request"]
-            rows.append(
-                (
-                    name,
-                    str(level),
-                    f"{cell['requests_per_s']:,.0f}/s",
-                    f"{cell['p50_ms']:.2f} ms",
-                    f"{cell['p99_ms']:.2f} ms",
-                    f"{cell['p50_ms'] / floor:.2f}x",
-                    "n/a" if server_cpu is None else f"{server_cpu:,.0f} us",
-                    f"{cell['client_cpu_us_per_request']:,.0f} us",
-                )
-            )
+        health_p50_ms = cells["health"]["p50_ms"]
+        rows += [_row(name, str(level), cells[name], health_p50_ms) for name in OPERATIONS]
+        if level == 1:
+            floors = metrics["floors"].items()
+            rows += [_row(FLOOR_NAMES[kind], "1", cell, health_p50_ms) for kind, cell in floors]
     return rows
+
+
+def _row(name: str, level: str, cell: dict[str, Any], floor_p50_ms: float) -> tuple[str, ...]:
+    server_cpu = cell["server_cpu_us_per_request"]
+    return (
+        name,
+        level,
+        f"{cell['requests_per_s']:,.0f}/s",
+        f"{cell['p50_ms']:.2f} ms",
+        f"{cell['p99_ms']:.2f} ms",
+        f"{cell['p50_ms'] / floor_p50_ms:.2f}x",
+        "n/a" if server_cpu is None else f"{server_cpu:,.0f} us",
+        f"{cell['client_cpu_us_per_request']:,.0f} us",
+    )
 
 
 def write_table(
@@ -564,7 +612,9 @@ def write_table(
         f"\nServer: python -m memora serve, one node, fsync on, {metrics['load_nodes_per_s']:,.0f} "
         "nodes/s loaded by batch. Client: this process, trio + h11, one keep-alive connection per "
         "task, closed loop. Values are medians over rounds; CPU/req is process CPU time / requests "
-        "(both processes share the cores).\n"
+        "(both processes share the cores). The floors serve one GET route on the same HTTP stack "
+        "without Memora (python -m memora.bench.http_floor): a bare ASGI app on hypercorn's trio "
+        "worker, and a QuartTrio app.\n"
     )
     for check in checks:
         verdict = {True: "met", False: "NOT met", None: "not measured (no 1-connection level)"}
@@ -610,6 +660,7 @@ def _measure_server(config: Config, data_dir: str, progress: Progress) -> dict[s
         code = server.stop()
         if code != 0:
             raise ServerProcessError(f"memora serve exited with {code}: {server.output()}")
-        return metrics
     finally:
         server.kill()
+    metrics["floors"] = measure_floors(config, progress) if 1 in config.connections else {}
+    return metrics
