@@ -19,6 +19,7 @@ from memora import (
     NotFoundError,
     ValidationError,
 )
+from memora.service.local_node import NodeFailedError
 
 
 def unit(seed: int, dimension: int = 8) -> list[float]:
@@ -158,6 +159,31 @@ def test_concurrent_writers_share_fsyncs_and_all_land(tmp_path: Path) -> None:
     store.close()
     with Memora.open(tmp_path, dimension=8) as reopened:
         assert reopened.content_hash() == expected
+
+
+def test_a_failed_fsync_is_raised_and_the_store_refuses_work_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry was applied while its fsync ran, so after the fsync fails no read may see it
+    (and no later write be acknowledged); a reopen recovers what is on disk."""
+    store = Memora.open(tmp_path, dimension=8)
+    store.insert_node("Item", id=1)
+
+    def failing_fdatasync(descriptor: int) -> None:
+        raise OSError(5, "injected I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    with pytest.raises(OSError, match="injected"):
+        store.insert_node("Item", id=2)
+    with pytest.raises(NodeFailedError):
+        store.get_node(1)
+    with pytest.raises(NodeFailedError):
+        store.insert_node("Item", id=3)
+    store.close()
+    monkeypatch.undo()
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.get_node(1) is not None
+        assert reopened.get_node(3) is None
 
 
 def test_closed_store_refuses_work(tmp_path: Path) -> None:

@@ -10,10 +10,19 @@ Readies until its entry is applied. Writers that arrive while another drives wai
 lock; by the time they get it, the Ready in hand holds all of their entries, persisted with one
 fsync. A one-voter node has no messages to send; Raft still decides what commits, so a cluster
 changes only the driver (issue 6), never this store's surface.
+
+Apply while the fsync runs: a lone voter's Ready commits the very entries it asks to persist, so
+`_persist_and_apply` hands the save to a worker thread (`_Saver`) and applies the committed entries
+meanwhile (hnswlib and the fsync both release the GIL, so the two really overlap). Nothing applied
+is visible before the save returns: the apply lock, which every read takes, is held until then,
+and each writer gets its reply only after it. If the save fails, the replica holds entries that
+may not be on disk, so the node refuses every later write and read (`NodeFailedError`); reopening
+the store recovers what was durable.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 
 from memora.core.errors import CodecError
@@ -21,9 +30,56 @@ from memora.core.prng import Prng
 from memora.core.raft import Configuration, RaftNode, Ready, Role, Snapshot
 from memora.core.replica import Replica
 from memora.core.types import Result
-from memora.net.raft_storage import FileStorage
+from memora.net.raft_storage import FileStorage, StorageFailedError
 
 LOCAL_NODE_ID = 1
+
+
+class NodeFailedError(StorageFailedError):
+    """A save failed after its entries were applied: the replica may be ahead of the disk."""
+
+
+class _Saver:
+    """A worker thread that runs `FileStorage.save` for one Ready while the driver applies it.
+
+    One save at a time: `start` hands it over, `wait` returns its error (or None) once it is done.
+    """
+
+    def __init__(self, storage: FileStorage) -> None:
+        self._storage = storage
+        self._readies: queue.SimpleQueue[Ready | None] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="memora-save", daemon=True)
+        self._thread.start()
+
+    def start(self, ready: Ready) -> None:
+        assert not self._busy, "one save at a time"
+        self._busy = True
+        self._readies.put(ready)
+
+    def wait(self) -> BaseException | None:
+        assert self._busy
+        outcome = self._outcomes.get()
+        self._busy = False
+        return outcome
+
+    def stop(self) -> None:
+        assert not self._busy
+        self._readies.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            ready = self._readies.get()
+            if ready is None:
+                return
+            try:
+                self._storage.save(ready.hard_state, ready.entries, ready.snapshot)
+            except BaseException as error:  # Handed to the driver, which raises it.
+                self._outcomes.put(error)
+            else:
+                self._outcomes.put(None)
 
 
 class LocalNode:
@@ -31,12 +87,14 @@ class LocalNode:
 
     def __init__(self, node: RaftNode, storage: FileStorage, replica: Replica) -> None:
         self.storage = storage
-        self.replica = replica
+        self._replica = replica
         self._node = node
         self._node_lock = threading.Lock()  # Guards the RaftNode: propose, ready, advance.
         self._drive_lock = threading.Lock()  # One driver at a time: persist and apply in order.
         self.apply_lock = threading.RLock()  # Guards the replica: applies and reads.
         self._results: dict[int, Result] = {}  # Replies not yet collected, by log index.
+        self._saver = _Saver(storage)
+        self._failure: BaseException | None = None  # A save that failed after its apply.
 
     @classmethod
     def open(cls, data_dir: str) -> LocalNode:
@@ -59,14 +117,25 @@ class LocalNode:
             snapshot_source=storage,
         )
         local = cls(node, storage, replica)
-        local._become_leader()
+        try:
+            local._become_leader()
+        except BaseException:
+            local.close()
+            raise
         return local
+
+    @property
+    def replica(self) -> Replica:
+        """The replica; refused once a save failed after its apply (it may be ahead of disk)."""
+        self._check_usable()
+        return self._replica
 
     def propose(self, data: bytes) -> Result:
         """Append `data` through Raft and return the replica's reply once it is applied."""
         with self._node_lock:
             index = self._node.propose(data)
         with self._drive_lock:
+            self._check_usable()
             if index not in self._results:
                 self._drive()
             return self._results.pop(index)
@@ -76,7 +145,7 @@ class LocalNode:
         with self._drive_lock:
             with self.apply_lock:
                 data = self.replica.snapshot_data()
-                index = self.replica.applied_index
+                index = self._replica.applied_index
             with self._node_lock:
                 meta = self._node.compact(index)
             self.storage.compact(Snapshot(meta, data))
@@ -84,6 +153,7 @@ class LocalNode:
 
     def close(self) -> None:
         with self._drive_lock:
+            self._saver.stop()
             self.storage.close()
 
     def _become_leader(self) -> None:
@@ -93,7 +163,7 @@ class LocalNode:
             self._drive()
             assert self._node.role is Role.LEADER, self._node.soft_state()
             # The leader's no-op commits every entry of earlier terms: the log is now applied.
-            assert self.replica.applied_index == self._node.log.committed
+            assert self._replica.applied_index == self._node.log.committed
 
     def _drive(self) -> None:
         """Persist, apply and advance Readies until the node has nothing more to do."""
@@ -107,15 +177,40 @@ class LocalNode:
                 self._node.advance(ready)
 
     def _persist_and_apply(self, ready: Ready) -> None:
+        """Save the Ready and apply its committed entries, overlapped (module docstring)."""
         assert not ready.messages, "a one-voter node has no one to send to"
-        self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+        if ready.snapshot is not None or not ready.committed:
+            self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+            with self.apply_lock:
+                self._apply(ready)
+            return
         with self.apply_lock:
-            if ready.snapshot is not None:
-                self.replica = Replica.from_snapshot_data(ready.snapshot.data)
-            for entry in ready.committed:
-                reply = self.replica.apply(entry)
-                if reply is not None:
-                    self._results[entry.index] = reply
+            self._saver.start(ready)
+            try:
+                self._apply(ready)
+            finally:
+                failure = self._saver.wait()
+                if failure is not None:
+                    self._fail(failure)
+
+    def _apply(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self._replica = Replica.from_snapshot_data(ready.snapshot.data)
+        for entry in ready.committed:
+            reply = self._replica.apply(entry)
+            if reply is not None:
+                self._results[entry.index] = reply
+
+    def _fail(self, failure: BaseException) -> None:
+        """Refuse everything from now on: what was applied may not be on disk."""
+        self._failure = failure
+        self._results.clear()
+        raise failure
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            message = f"a save failed after its entries were applied: {self._failure}"
+            raise NodeFailedError(message) from self._failure
 
 
 def _open_storage(data_dir: str) -> FileStorage:
