@@ -516,20 +516,25 @@ def test_memory_bytes_grows_with_vectors() -> None:
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_one_vector_per_add_builds_what_one_batch_builds(metric: Metric) -> None:
-    # A single add takes a scalar path for its norm; a restore or a batch takes numpy's. The two
-    # must give the same bits, or replicas that restored would grow a different graph.
+    # A single add takes a scalar path for its norm (and `add_one` its own way into the segment
+    # and the graph); a restore or a batch takes numpy's. They must give the same bits, or
+    # replicas that restored would grow a different graph.
     rng = np.random.default_rng(3)
     scales = np.array([1e-38, 1e-20, 1e-6, 1.0, 1e6, 1e12], dtype=np.float32)
     vectors = rng.standard_normal((300, 16)).astype(np.float32) * scales[np.arange(300) % 6, None]
     vectors[7] = 0.0
+    keys = [*range(1, 291), *range(11, 21)]  # The last ten replace earlier keys' vectors.
     with small_segments(brute_force_max=64, vectors_max=256, capacity=16):
-        singles, batched = VectorIndex(16, metric), VectorIndex(16, metric)
-        for key, vector in enumerate(vectors, start=1):
+        singles, one_by_one = VectorIndex(16, metric), VectorIndex(16, metric)
+        batched = VectorIndex(16, metric)
+        for key, vector in zip(keys, vectors, strict=True):
             singles.add([key], vector[np.newaxis], 1)
-        batched.add(list(range(1, 301)), vectors, 1)
-        assert singles.snapshot() == batched.snapshot()
+            one_by_one.add_one(key, vector, 1)
+        batched.add(keys, vectors, 1)
+        assert singles.snapshot() == batched.snapshot() == one_by_one.snapshot()
         probes = rng.standard_normal((10, 16)).astype(np.float32)
-        assert answers(singles, probes) == answers(batched, probes)
+        expected = answers(batched, probes)
+        assert answers(singles, probes) == expected == answers(one_by_one, probes)
 
 
 def test_ties_from_one_graph_come_back_by_key() -> None:

@@ -68,11 +68,12 @@ class Journal:
             end = start + 1
             while end < len(changes) and changes[end][0] is index and changes[end][2] is not None:
                 end += 1
-            run = changes[start:end]
-            vectors = [change[2] for change in run if change[2] is not None]
-            # One vector (the usual command) is viewed as a row rather than copied by np.stack.
-            rows = vectors[0][np.newaxis] if len(vectors) == 1 else np.stack(vectors)
-            index.add([change[1] for change in run], rows, log_index)
+            if end == start + 1:
+                index.add_one(key, vector, log_index)  # The usual command: one vector.
+            else:
+                run = changes[start:end]
+                vectors = [change[2] for change in run if change[2] is not None]
+                index.add([change[1] for change in run], np.stack(vectors), log_index)
             start = end
         self.undo.clear()
         self.vector_changes.clear()
