@@ -28,6 +28,7 @@ from memora.core.types import (
     Namespace,
     Node,
     Observation,
+    Proposal,
     Provenance,
     SetVector,
     Stamp,
@@ -154,6 +155,41 @@ def test_entries_round_trip(entry: Entry) -> None:
 @given(records)
 def test_records_round_trip(record: Any) -> None:
     assert codec.decode(codec.encode(record)) == record
+
+
+proposals = st.builds(
+    Proposal,
+    st.integers(0, 2**45),
+    texts,
+    texts,
+    st.none() | texts,
+    commands,
+    st.none() | texts,
+    st.none() | st.integers(1, 2**63),
+)
+
+
+@given(entries | records | commands | proposals)
+def test_encode_model_writes_what_cbor2_writes(value: Any) -> None:
+    assert codec.encode_model(value) == codec.encode(value)
+
+
+def test_encode_model_leaves_unusual_items_to_cbor2() -> None:
+    class Label(str):
+        pass
+
+    unusual: list[Any] = [
+        InsertNode("Ünïcode", id=2**64, name=Label("sub"), properties={"a": [1, {"b": None}]}),
+        InsertNode("L", id=-(2**64) - 1, text="", vector=b""),
+        Provenance("s", math.nan, -(2**64), 2**64 - 1),
+        Provenance(None, math.inf, -1, -24),
+        Provenance(None, -math.inf, 23, 24),
+        Batch((DeleteNode(255), DeleteNode(256), DeleteNode(65_535), DeleteNode(65_536))),
+        Batch((DeleteNode(2**32 - 1), DeleteNode(2**32), DeleteNode(True))),
+        Applied(3, (1, "two")),
+    ]
+    for value in unusual:
+        assert codec.encode_model(value) == codec.encode(value), value
 
 
 @given(st.binary(max_size=200))

@@ -14,6 +14,7 @@ Tag numbers are part of the disk format: never renumber one, only add.
 from __future__ import annotations
 
 import enum
+import math
 import operator
 import struct
 import typing
@@ -163,6 +164,84 @@ _SEMANTIC_DECODERS: Final = {
 def encode(value: Any) -> bytes:
     """Encode a model value (or plain CBOR data containing model values) to bytes."""
     return cbor2.dumps(value, default=_encode_default)
+
+
+def encode_model(value: Any) -> bytes:
+    """`encode` of one model value (a proposal, a command, a record): the same bytes, faster.
+
+    Every write encodes its proposal, whose command and provenance are tags: cbor2's C encoder
+    spends microseconds on each tag (and on each call of `_encode_default` that makes one), more
+    than this walk in Python costs (on flat data without tags, as in `digest_input`, cbor2 is
+    the faster). Values of exact builtin types are written byte for byte as cbor2 writes them (a
+    property test compares the two on every model value); anything else (a map with items,
+    non-ASCII text, an int beyond 64 bits, a float that is not finite, a subclass) is left to
+    `encode`, one item at a time: CBOR items delimit themselves, and cbor2 shares nothing
+    between items.
+    """
+    out: list[bytes] = []
+    _write(value, out)
+    return b"".join(out)
+
+
+_BYTES: Final = tuple(bytes((number,)) for number in range(256))
+_HEAD_16: Final = struct.Struct(">BH")
+_HEAD_32: Final = struct.Struct(">BI")
+_HEAD_64: Final = struct.Struct(">BQ")
+_FLOAT_64: Final = struct.Struct(">Bd")
+_UINT_LIMIT: Final = 2**64
+# CBOR major types, as the high bits of an item's first byte.
+_UNSIGNED: Final = 0x00
+_NEGATIVE: Final = 0x20
+_BYTE_STRING: Final = 0x40
+_TEXT: Final = 0x60
+_ARRAY: Final = 0x80
+_TAG: Final = 0xC0
+_EMPTY_MAP: Final = b"\xa0"
+_FALSE, _TRUE, _NULL = b"\xf4", b"\xf5", b"\xf6"
+_FLOAT_64_HEAD: Final = 0xFB
+
+
+def _head(major: int, argument: int) -> bytes:
+    """An item's first bytes: its major type and its argument in the fewest bytes."""
+    if argument < 24:
+        return _BYTES[major | argument]
+    if argument < 0x100:
+        return _BYTES[major | 24] + _BYTES[argument]
+    if argument < 0x10000:
+        return _HEAD_16.pack(major | 25, argument)
+    if argument < 0x100000000:
+        return _HEAD_32.pack(major | 26, argument)
+    return _HEAD_64.pack(major | 27, argument)
+
+
+def _write(value: Any, out: list[bytes]) -> None:
+    kind = type(value)
+    if kind is str and value.isascii():
+        out.append(_head(_TEXT, len(value)))
+        out.append(value.encode("ascii"))
+    elif value is None:
+        out.append(_NULL)
+    elif kind is int and -_UINT_LIMIT <= value < _UINT_LIMIT:
+        out.append(_head(_UNSIGNED, value) if value >= 0 else _head(_NEGATIVE, -1 - value))
+    elif kind is bytes:
+        out.append(_head(_BYTE_STRING, len(value)))
+        out.append(value)
+    elif kind is bool:
+        out.append(_TRUE if value else _FALSE)
+    elif kind is float and math.isfinite(value):
+        out.append(_FLOAT_64.pack(_FLOAT_64_HEAD, value))
+    elif kind is tuple or kind is list:
+        out.append(_head(_ARRAY, len(value)))
+        for item in value:
+            _write(item, out)
+    elif kind is dict and not value:
+        out.append(_EMPTY_MAP)
+    elif kind in _ENCODERS:
+        tag, fields = _ENCODERS[kind]
+        out.append(_head(_TAG, tag))
+        _write(fields(value), out)
+    else:
+        out.append(encode(value))
 
 
 def _digest_getter(cls: type) -> Any:

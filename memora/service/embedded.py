@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from memora.core import constants, queries
-from memora.core.codec import encode
+from memora.core.codec import encode_model
 from memora.core.errors import CodecError, LimitError, MemoraError, ValidationError
 from memora.core.namespace import NamespaceState
 from memora.core.types import (
@@ -272,7 +272,7 @@ class Memora:
             self._timestamp_ms(), self.principal, namespace or self.namespace, None, command
         )
         try:
-            data = encode(proposal)
+            data = encode_model(proposal)
         except (CodecError, TypeError, ValueError, OverflowError) as error:
             message = f"the command cannot be encoded: {error}"
             raise ValidationError(message, "command") from error
