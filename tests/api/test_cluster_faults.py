@@ -41,9 +41,10 @@ from register_clients import (
     RegisterClient,
     create_registers,
     operation_timeout_s,
-    register_keys,
     register_versions,
 )
+
+from memora.core import constants
 
 SEED: Final = int(os.environ.get("MEMORA_FAULTS_SEED", "6"))
 clients_count: Final = 4
@@ -51,12 +52,18 @@ kills_min: Final = 5
 # Acknowledged writes each fault step waits for once it is over: the cluster serves again.
 acks_between_faults_min: Final = 3
 acks_after_healing_min: Final = 10
-fault_s: Final = 2.0
-pause_s: Final = 3.0
+# A cut, delay or drop lasts `fault_s`, a SIGSTOP `pause_s`: each outlasts several election
+# timeouts, so the members on the other side of it elect a leader, and the one cut off campaigns
+# or finds itself deposed, while it lasts.
+fault_s: Final = 1.0
+pause_s: Final = 1.5
 restart_after_s: Final = 0.3
 link_delay_s: Final = 0.1
 link_drop_chance: Final = 0.05
+election_timeouts_per_fault_min: Final = 3
+election_timeout_ms_max: Final = constants.election_timeout_ticks_max * constants.raft_tick_ms
 assert restart_after_s < fault_s <= pause_s < wait_s_max
+assert fault_s * 1000 >= election_timeouts_per_fault_min * election_timeout_ms_max
 
 
 # -- The workload ---------------------------------------------------------------------------------
@@ -213,7 +220,7 @@ def check_every_acknowledged_write_is_kept(cluster: FaultyCluster, records: list
     for node_id in cluster.members:
         url = cluster.url(node_id)
         assert url is not None, f"node {node_id} is down after healing"
-        versions[node_id] = {key: register_versions(url, key) for key in register_keys}
+        versions[node_id] = register_versions(url)
     missing = missing_writes(records, versions)
     assert not missing, "acknowledged writes lost:\n" + "\n".join(missing[:20])
 
