@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from memora.core import codec, constants
-from memora.core.errors import ConflictError, LimitError, NotFoundError, ValidationError
+from memora.core.errors import (
+    CodecError,
+    ConflictError,
+    LimitError,
+    NotFoundError,
+    ValidationError,
+)
 from memora.core.raft.types import EntryKind, LogEntry
-from memora.core.replica import ClientTable, Replica
+from memora.core.replica import CLIENTS_PART, ClientTable, Replica
 from memora.core.types import (
     Applied,
     CreateNamespace,
@@ -119,8 +126,8 @@ def test_the_client_table_forgets_the_least_recent_client_when_full(
     table = ClientTable()
     reply = Applied(1, None)
     for number, seen in enumerate([30, 10, 20]):
-        table.remember(f"c{number}", 1, reply, seen)
-    table.remember("c9", 1, reply, 40)
+        table.remember(f"c{number}", 1, reply, seen, "origin")
+    table.remember("c9", 1, reply, 40, "origin")
     assert sorted(table.records) == ["c0", "c2", "c9"]  # c1, seen at 10, went first.
 
 
@@ -134,7 +141,7 @@ def test_the_client_digest_kept_by_each_change_equals_one_taken_afresh(
     steps = [("a", 1, 10), ("b", 1, 20), ("a", 2, 30), ("c", 1, 40), ("d", 1, 50)]
     digests = set()
     for client_id, sequence, seen in steps:
-        table.remember(client_id, sequence, reply, seen)  # "d" evicts "b", the least recent.
+        table.remember(client_id, sequence, reply, seen, "o")  # "d" evicts "b", the least recent.
         assert table.digest() == ClientTable(table.records).digest()
         digests.add(table.digest())
     assert len(digests) == len(steps)
@@ -153,6 +160,40 @@ def test_snapshot_keeps_state_and_cached_replies() -> None:
     assert log_after.normal(proposal(InsertNode("Person"), client="c1", sequence=1)) == first
     missing = log_after.normal(proposal(InsertNode("X"), client="c2", sequence=1))
     assert isinstance(missing, Applied)
+
+
+def test_a_number_reused_by_another_command_is_refused_not_answered_with_its_reply() -> None:
+    log = started()
+    assert isinstance(
+        log.normal(attrs.evolve(proposal(CreateNamespace(4)), namespace="other")), Applied
+    )
+    first = log.normal(proposal(InsertNode("Person"), client="c1", sequence=1))
+    assert isinstance(first, Applied)
+    content = log.replica.machine.content_hash()
+    reused = [
+        proposal(CreateNamespace(8), client="c1", sequence=1),  # Another kind of command.
+        attrs.evolve(proposal(InsertNode("Person"), client="c1", sequence=1), namespace="other"),
+        attrs.evolve(proposal(InsertNode("Person"), client="c1", sequence=1), principal="eve"),
+    ]
+    for command in reused:
+        refused = log.normal(command)
+        assert isinstance(refused, Rejected) and isinstance(refused.error, ConflictError)
+        assert refused.error.field == "sequence" and "already used" in str(refused.error)
+    assert log.replica.machine.content_hash() == content
+    assert log.normal(proposal(InsertNode("Other label"), client="c1", sequence=1)) == first
+
+
+def test_client_records_of_a_snapshot_without_origins_still_answer_retries() -> None:
+    log = started()
+    first = log.normal(proposal(InsertNode("Person"), client="c1", sequence=1))
+    parts = log.replica.snapshot_parts()
+    rows = codec.decode(parts[CLIENTS_PART])
+    parts[CLIENTS_PART] = codec.encode([row[:4] for row in rows])  # The older layout.
+    restored = Log(Replica.restore(parts))
+    assert restored.normal(proposal(InsertNode("Person"), client="c1", sequence=1)) == first
+    parts[CLIENTS_PART] = codec.encode([[*row[:4], 7] for row in rows])
+    with pytest.raises(CodecError):
+        Replica.restore(parts)
 
 
 def test_an_entry_without_a_proposal_is_refused_the_same_way_everywhere() -> None:

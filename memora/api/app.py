@@ -196,7 +196,7 @@ def _http_exception_answer(error: HTTPException) -> Response:
 
 def _unexpected_exception_answer(error: Exception) -> Response:
     """A bug: logged with its traceback, answered as a JSON 500 (bad input never gets here)."""
-    logger.exception("unexpected error serving %s %s", request.method, request.path)
+    logger.error("unexpected error serving %s %s", request.method, request.path, exc_info=error)
     body = {"error": {"code": "internal", "message": "internal error", "field": None}}
     return _json_response(body, 500)
 

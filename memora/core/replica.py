@@ -32,11 +32,20 @@ CLIENTS_PART: Final = "clients"
 
 @attrs.frozen
 class ClientRecord:
-    """The last command a client had applied: its number, its reply, and when."""
+    """The last command a client had applied: its number, its reply, and when; and where it
+    came from (`command_origin`), so that the reply is never handed to another command that
+    reuses the number ("" for a record restored from a snapshot that predates it)."""
 
     sequence: int
     reply: Result
     last_seen_ms: int
+    origin: str = ""
+
+
+def command_origin(proposal: Proposal) -> str:
+    """Who sent a numbered command, into which namespace, and of what kind: a retry has the
+    same; a different command that reuses the client's number almost never does."""
+    return f"{proposal.principal}\x1f{proposal.namespace}\x1f{type(proposal.command).__name__}"
 
 
 def _client_digest(client_id: str, record: ClientRecord) -> int:
@@ -60,24 +69,38 @@ class ClientTable:
         self._digest_sum = 0
         self._changed: dict[str, None] = dict.fromkeys(self.records)  # Not yet (re)counted.
 
-    def duplicate_reply(self, index: int, client_id: str, sequence: int) -> Result | None:
+    def duplicate_reply(
+        self, index: int, client_id: str, sequence: int, origin: str
+    ) -> Result | None:
         """The reply to a command this client already had applied, or None if it is new.
 
         A retry of the last command gets its cached reply. An older number can no longer be
-        answered (its reply was dropped when the next one applied), so it is refused.
+        answered (its reply was dropped when the next one applied), so it is refused; so is the
+        last number reused by another principal, namespace or kind of command, which would
+        otherwise be told of a write that is not its own (and never applied).
         """
         record = self.records.get(client_id)
         if record is None or sequence > record.sequence:
             return None
-        if sequence == record.sequence:
-            return record.reply
-        message = f"command {sequence} of client {client_id!r} was superseded by {record.sequence}"
-        return Rejected(index, ConflictError(message, "sequence"))
+        if sequence < record.sequence:
+            message = (
+                f"command {sequence} of client {client_id!r} was superseded by {record.sequence}"
+            )
+            return Rejected(index, ConflictError(message, "sequence"))
+        if record.origin not in ("", origin):
+            message = (
+                f"command {sequence} of client {client_id!r} was already used by another command "
+                "(another kind, namespace or principal); number each new command anew"
+            )
+            return Rejected(index, ConflictError(message, "sequence"))
+        return record.reply
 
-    def remember(self, client_id: str, sequence: int, reply: Result, timestamp_ms: int) -> None:
+    def remember(
+        self, client_id: str, sequence: int, reply: Result, timestamp_ms: int, origin: str
+    ) -> None:
         if client_id not in self.records and len(self.records) >= constants.clients_max:
             self._forget_least_recent()
-        self.records[client_id] = ClientRecord(sequence, reply, timestamp_ms)
+        self.records[client_id] = ClientRecord(sequence, reply, timestamp_ms, origin)
         self._mark_changed(client_id)
         assert len(self.records) <= constants.clients_max
 
@@ -158,7 +181,7 @@ class Replica:
         parts = snapshot.take(self.machine)
         table = self.clients.records
         parts[CLIENTS_PART] = encode(
-            [[c, r.sequence, r.reply, r.last_seen_ms] for c, r in table.items()]
+            [[c, r.sequence, r.reply, r.last_seen_ms, r.origin] for c, r in table.items()]
         )
         return parts
 
@@ -188,15 +211,19 @@ class Replica:
             raise CodecError("the clients part of the snapshot is not a list")
         table = {}
         for item in records:
-            if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)):
+            # Snapshots written before origins were kept have four fields.
+            if not (isinstance(item, list) and len(item) in (4, 5) and isinstance(item[0], str)):
                 raise CodecError("a client record in the snapshot is malformed")
-            client_id, sequence, reply, last_seen_ms = item
-            table[client_id] = ClientRecord(sequence, reply, last_seen_ms)
+            client_id, sequence, reply, last_seen_ms, *origin = item
+            if origin and not isinstance(origin[0], str):
+                raise CodecError("a client record's origin in the snapshot is not text")
+            table[client_id] = ClientRecord(sequence, reply, last_seen_ms, *origin)
         return cls(machine, ClientTable(table), injected_bugs=injected_bugs)
 
-    def _check_client(self, index: int, client_id: object, sequence: object) -> Result | None:
+    def _check_client(self, index: int, proposal: Proposal) -> Result | None:
         """A reply that settles the command without applying it: bad session fields, or a
         duplicate of a command already applied."""
+        client_id, sequence = proposal.client_id, proposal.sequence
         try:
             validate.text_field(client_id, "client_id", constants.client_id_bytes_max)
             if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
@@ -206,7 +233,7 @@ class Replica:
         assert isinstance(client_id, str) and isinstance(sequence, int)
         if InjectedBug.SESSION_DEDUP_OFF in self.injected_bugs:
             return None  # Every command looks new: a retry applies a second time.
-        return self.clients.duplicate_reply(index, client_id, sequence)
+        return self.clients.duplicate_reply(index, client_id, sequence, command_origin(proposal))
 
     def _apply_proposal(self, entry: LogEntry, proposal: Proposal) -> Result:
         timestamp_ms = max(proposal.timestamp_ms, self.machine.last_timestamp_ms)
@@ -216,7 +243,7 @@ class Replica:
             self.machine.last_timestamp_ms = timestamp_ms
             return Applied(entry.index, None)
         if proposal.client_id is not None:
-            cached = self._check_client(entry.index, proposal.client_id, proposal.sequence)
+            cached = self._check_client(entry.index, proposal)
             if cached is not None:
                 self.machine.skip(entry.index)
                 return cached
@@ -231,5 +258,8 @@ class Replica:
         )
         reply = self.machine.apply(state_entry)
         if proposal.client_id is not None:
-            self.clients.remember(proposal.client_id, proposal.sequence, reply, timestamp_ms)
+            origin = command_origin(proposal)
+            self.clients.remember(
+                proposal.client_id, proposal.sequence, reply, timestamp_ms, origin
+            )
         return reply

@@ -142,6 +142,22 @@ async def test_a_retried_write_applies_once_and_gets_the_first_answer(client: Ap
 
 
 @pytest.mark.trio
+async def test_a_session_number_reused_by_another_kind_of_write_is_a_conflict(
+    client: ApiClient,
+) -> None:
+    """It was a 500: the namespace endpoint was handed the cached node of the first write."""
+    first = await client.post("/api/v1/nodes", {"label": "Note"}, headers=SESSION)
+    assert first.status == 201
+    reused = await client.post("/api/v1/namespaces", {"name": "notes"}, headers=SESSION)
+    assert (reused.status, reused.error_code, reused.error_field) == (
+        409,
+        "conflict",
+        "sequence",
+    )
+    assert (await client.get("/api/v1/namespaces/notes")).status == 404
+
+
+@pytest.mark.trio
 async def test_session_headers_go_together_and_are_checked(client: ApiClient) -> None:
     only_id = await client.post(
         "/api/v1/nodes", {"label": "Note"}, headers={"X-Memora-Client-Id": "c"}
