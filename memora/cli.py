@@ -17,75 +17,85 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Final
 
-from memora import cluster_cli, mcp_cli, serve, transfer_cli
-from memora.service.demo import run_demo
+import attrs
+
+
+@attrs.frozen
+class Command:
+    """A subcommand: its help line, and the module that defines its flags (`adds`, a function
+    of the parser) and runs it. The module is imported only when its subcommand is chosen: the
+    MCP SDK and the web stack take seconds to import, and `memora cluster status` or
+    `memora mcp` need not wait for what they do not use."""
+
+    help: str
+    module: str
+    adds: str = "add_arguments"
+    description: str | None = None  # Default: the first line of the module's docstring.
+
+
+COMMANDS: Final = {
+    "demo": Command("store and query a small memory graph, embedded", "memora.service.demo"),
+    "serve": Command(
+        "run a node with the REST API",
+        "memora.serve",
+        description="Run one Memora node with the REST API. Flags override --config.",
+    ),
+    "mcp": Command("serve MCP on stdio (embedded node, or a relay to a server)", "memora.mcp_cli"),
+    "cluster": Command("look at and change a running cluster", "memora.cluster_cli"),
+    "import": Command(
+        "load a reference memory server's memory.jsonl",
+        "memora.transfer_cli",
+        adds="add_import_arguments",
+    ),
+    "export": Command(
+        "write a memory as the reference memory server's memory.jsonl",
+        "memora.transfer_cli",
+        adds="add_export_arguments",
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((argument for argument in argv if not argument.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="memora", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="store and query a small memory graph, embedded")
-    demo.add_argument(
-        "--data-dir",
-        help="directory for the store (default: a new temporary directory, removed afterwards)",
-    )
-    serve.add_arguments(
-        commands.add_parser(
-            "serve",
-            help="run a node with the REST API",
-            description="Run one Memora node with the REST API. Flags override --config.",
-        )
-    )
-    mcp_cli.add_arguments(
-        commands.add_parser(
-            "mcp",
-            help="serve MCP on stdio (embedded node, or a relay to a server)",
-            description=mcp_cli.__doc__.splitlines()[0] if mcp_cli.__doc__ else None,
-        )
-    )
-    cluster_cli.add_arguments(
-        commands.add_parser(
-            "cluster",
-            help="look at and change a running cluster",
-            description=cluster_cli.__doc__.splitlines()[0] if cluster_cli.__doc__ else None,
-        )
-    )
-    transfer_cli.add_import_arguments(
-        commands.add_parser(
-            "import",
-            help="load a reference memory server's memory.jsonl",
-            description=transfer_cli.__doc__.splitlines()[0] if transfer_cli.__doc__ else None,
-        )
-    )
-    transfer_cli.add_export_arguments(
-        commands.add_parser(
-            "export",
-            help="write a memory as the reference memory server's memory.jsonl",
-            description=transfer_cli.__doc__.splitlines()[0] if transfer_cli.__doc__ else None,
-        )
-    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=command.help)
+        if name == chosen:
+            module = importlib.import_module(command.module)
+            docstring = (module.__doc__ or "").strip()
+            subparser.description = command.description or docstring.splitlines()[0]
+            getattr(module, command.adds)(subparser)
     arguments = parser.parse_args(argv)
-    if arguments.command == "serve":
-        return serve.main(arguments)
-    if arguments.command == "mcp":
-        return mcp_cli.main(arguments, os.environ, sys.stderr)
-    if arguments.command == "cluster":
-        return cluster_cli.main(arguments, os.environ, sys.stdout)
-    if arguments.command == "import":
-        return transfer_cli.import_main(arguments, os.environ, sys.stdout, sys.stderr)
-    if arguments.command == "export":
-        return transfer_cli.export_main(arguments, os.environ, sys.stdout, sys.stderr)
-    if arguments.command == "demo":
-        if arguments.data_dir:
-            return run_demo(arguments.data_dir, sys.stdout)
-        with tempfile.TemporaryDirectory(prefix="memora-demo-") as data_dir:
-            return run_demo(data_dir, sys.stdout)
-    raise AssertionError(f"unhandled command {arguments.command}")
+    return _run(arguments, importlib.import_module(COMMANDS[arguments.command].module))
+
+
+def _run(arguments: argparse.Namespace, module: ModuleType) -> int:
+    command = arguments.command
+    if command == "serve":
+        return int(module.main(arguments))
+    if command == "mcp":
+        return int(module.main(arguments, os.environ, sys.stderr))
+    if command == "cluster":
+        return int(module.main(arguments, os.environ, sys.stdout))
+    if command == "import":
+        return int(module.import_main(arguments, os.environ, sys.stdout, sys.stderr))
+    if command == "export":
+        return int(module.export_main(arguments, os.environ, sys.stdout, sys.stderr))
+    assert command == "demo", command
+    if arguments.data_dir:
+        return int(module.run_demo(arguments.data_dir, sys.stdout))
+    with tempfile.TemporaryDirectory(prefix="memora-demo-") as data_dir:
+        return int(module.run_demo(data_dir, sys.stdout))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the store did. Text is embedded with the built-in hashing embedder (lexical, not
 
 from __future__ import annotations
 
+import argparse
 from typing import TextIO
 
 from memora.core.types import Provenance
@@ -34,6 +35,13 @@ LINKS = [
     ("proj-memora", "dec-hnsw", "child_of"),
     ("alice", "bob", "related"),
 ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        help="directory for the store (default: a new temporary directory, removed afterwards)",
+    )
 
 
 def run_demo(data_dir: str, out: TextIO) -> int:
