@@ -36,6 +36,9 @@ properties_bytes_max: Final = 64 * 1024
 property_depth_max: Final = 8
 record_id_min: Final = 1
 record_id_max: Final = 2**63 - 1
+# Versions written but not yet summed into the state hash (digested when a hash is asked for, or
+# once this many wait): bounds the list, not the work, which is the same either way.
+undigested_versions_max: Final = 4_096
 int_property_min: Final = -(2**63)
 int_property_max: Final = 2**63 - 1
 

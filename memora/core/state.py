@@ -96,7 +96,8 @@ class StateMachine:
         self.namespaces: dict[str, NamespaceState] = {}
         self.applied_index = 0
         self.last_timestamp_ms = 0
-        self.records_digest = 0  # Sum of version digests, modulo HASH_MODULUS.
+        self._records_digest = 0  # Sum of version digests, modulo HASH_MODULUS...
+        self._undigested: list[object] = []  # ...but of these, digested when a hash is asked for.
 
     # -- Apply ------------------------------------------------------------------------------------
 
@@ -167,11 +168,28 @@ class StateMachine:
         queries.check_as_of(as_of, self.applied_index)
         return self.namespace(name)
 
+    @property
+    def records_digest(self) -> int:
+        """The sum of the digests of every version written, modulo HASH_MODULUS.
+
+        Versions are digested when this is asked for rather than as they are applied: a server
+        or an embedded store rarely asks (the simulator asks after every entry), and a digest
+        costs a version's CBOR and a SHA-256 of it, the vector included, on every write's path.
+        """
+        self._digest_written()
+        return self._records_digest
+
     def _add_digests(self, written: Iterable[object]) -> None:
-        total = self.records_digest
-        for record in written:
+        self._undigested.extend(written)
+        if len(self._undigested) > constants.undigested_versions_max:
+            self._digest_written()
+
+    def _digest_written(self) -> None:
+        total = self._records_digest
+        for record in self._undigested:
             total += version_digest(record)
-        self.records_digest = total % HASH_MODULUS
+        self._records_digest = total % HASH_MODULUS
+        self._undigested.clear()
 
     def _check_entry(self, entry: Entry) -> None:
         validate.text_field(entry.principal, "principal", constants.principal_bytes_max)
