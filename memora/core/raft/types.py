@@ -347,7 +347,9 @@ class Ready:
        answer each of `reads` once the state machine has applied its index;
     4. call `advance(ready)` with this very value.
 
-    `ready()` may not be called again until then. `soft_state` is informational.
+    `ready()` may not be called again until then. `soft_state` is informational. Steps 2 and
+    3 may also be taken the other way round: no message depends on the state machine, and
+    after step 1 every entry in `committed` is durable here as well as on a quorum.
 
     One exception to the order, which a driver may take: `messages_before_persist()` (a leader's
     append requests, when its term and vote are already durable) may be sent before or during
