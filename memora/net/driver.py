@@ -9,15 +9,17 @@ and MCP layers. What must not: any Raft logic (`memora.core.raft`), any state ma
 One process at a time: `open` takes an exclusive lock (flock) on DATA_DIR/lock, which `run`
 releases when it returns, so a second node on the same directory is refused, not let corrupt it.
 
-Everything runs on the trio thread except a leader's disk writes. `run()` starts two tasks:
+Everything runs on the trio thread except the disk writes of a lone node and of snapshots.
+`run()` starts two tasks:
 - the tick loop ticks the RaftNode every `raft_tick_ms`, by elapsed monotonic time, so a pause of
   the process is caught up before anything else (the lease read depends on it);
 - the Ready loop keeps `Ready`'s contract: persist (`FileStorage.save`; a leader sends its appends
-  first and saves in a worker thread, so its followers write in parallel and the event loop keeps
-  serving; other saves run on the trio thread, see `_persist`), then send (`Transport`), then
-  apply the committed entries to the Replica, resolve the writers waiting on those log indexes
-  and release the reads that became safe, then `advance`. Writers who propose while a save is
-  under way land in the next Ready, persisted by one fsync together: group commit.
+  first, so its followers write in parallel with it; a lone node saves in a worker thread, see
+  `_saves_in_thread`), then send (`Transport`), then apply the committed entries to the
+  Replica, resolve the writers waiting on those log indexes and release the reads that became
+  safe (a leader applies before it sends, see `_handle_ready`), then `advance`. Writers who
+  propose while a save is under way land in the next Ready, persisted by one fsync together:
+  group commit.
 Callers (HTTP handlers in other tasks) propose, ask for read indexes and read the replica on the
 trio thread, between the Ready loop's awaits, so nothing here needs a lock. The storage is used
 by one thread at a time: the Ready loop awaits every worker thread it starts.
