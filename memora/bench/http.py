@@ -227,12 +227,15 @@ class ServerProcess:
         open_files_soft_limit: int | None = None,
     ) -> None:
         assert (data_dir is None) == (floor is not None), (data_dir, floor)
-        command = [sys.executable, "-m", "memora.bench.http_floor", str(floor)]
-        if data_dir is not None:
+        if floor is not None:
+            command = [sys.executable, "-m", "memora.bench.http_floor", floor]
+            self._ready, self._port = _FLOOR_LISTENING, _FLOOR_LISTENING
+        else:
+            assert data_dir is not None
             command = [sys.executable, "-m", "memora", "serve", "--data-dir", data_dir]
             command += ["--host", LOOPBACK_HOST, "--http-port", "0", "--mcp-port", "0"]
             command += ["--embedder", "hashing"]
-        self._ready = _FLOOR_LISTENING if floor is not None else _READY
+            self._ready, self._port = _READY, _LISTENING
         self.process = subprocess.Popen(
             command,
             env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
@@ -267,7 +270,7 @@ class ServerProcess:
 
     def _port_from_lines(self) -> int:
         for line in self.lines:
-            match = _LISTENING.search(line) or _FLOOR_LISTENING.search(line)
+            match = self._port.search(line)
             if match:
                 return int(match.group(1))
         raise ServerProcessError(f"the server reported no port: {self.output()}")

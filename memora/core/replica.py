@@ -220,9 +220,9 @@ class Replica:
             table[client_id] = ClientRecord(sequence, reply, last_seen_ms, *origin)
         return cls(machine, ClientTable(table), injected_bugs=injected_bugs)
 
-    def _check_client(self, index: int, proposal: Proposal) -> Result | None:
+    def _check_client(self, index: int, proposal: Proposal, origin: str) -> Result | None:
         """A reply that settles the command without applying it: bad session fields, or a
-        duplicate of a command already applied."""
+        duplicate of a command already applied (`origin` is the proposal's `command_origin`)."""
         client_id, sequence = proposal.client_id, proposal.sequence
         try:
             validate.text_field(client_id, "client_id", constants.client_id_bytes_max)
@@ -233,7 +233,7 @@ class Replica:
         assert isinstance(client_id, str) and isinstance(sequence, int)
         if InjectedBug.SESSION_DEDUP_OFF in self.injected_bugs:
             return None  # Every command looks new: a retry applies a second time.
-        return self.clients.duplicate_reply(index, client_id, sequence, command_origin(proposal))
+        return self.clients.duplicate_reply(index, client_id, sequence, origin)
 
     def _apply_proposal(self, entry: LogEntry, proposal: Proposal) -> Result:
         timestamp_ms = max(proposal.timestamp_ms, self.machine.last_timestamp_ms)
@@ -242,8 +242,9 @@ class Replica:
             self.machine.skip(entry.index)
             self.machine.last_timestamp_ms = timestamp_ms
             return Applied(entry.index, None)
+        origin = command_origin(proposal) if proposal.client_id is not None else ""
         if proposal.client_id is not None:
-            cached = self._check_client(entry.index, proposal)
+            cached = self._check_client(entry.index, proposal, origin)
             if cached is not None:
                 self.machine.skip(entry.index)
                 return cached
@@ -258,7 +259,6 @@ class Replica:
         )
         reply = self.machine.apply(state_entry)
         if proposal.client_id is not None:
-            origin = command_origin(proposal)
             self.clients.remember(
                 proposal.client_id, proposal.sequence, reply, timestamp_ms, origin
             )

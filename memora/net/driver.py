@@ -824,6 +824,7 @@ class NodeDriver:
         early = ready.messages_before_persist() if disk else ()
         self._transport.send(early)
         waited = await self._persist(ready, disk=disk)
+        # Appends held back (nothing to save, so nothing to overlap) go with the rest.
         rest = ready.messages_after_persist() if early else ready.messages
         if ready.soft_state.role is Role.LEADER and ready.committed:
             self._apply(ready)

@@ -404,16 +404,21 @@ class PeerTransport:
             self._counters["frames_lost_total"] += 1
             peer.last_error = f"send: {_describe(error)}"
             peer.link_broken = True
-            written = len(data)
+            self._hand_to_writer(peer)
+            return
         self._counters["bytes_sent_total"] += written
         if written < len(data):
             peer.unsent = data[written:]
-        elif not peer.link_broken:
-            self._counters["frames_sent_total"] += 1
-            self._counters["socket_writes_total"] += 1
-        if peer.unsent or peer.link_broken:
-            peer.idle_link = None
-            peer.frames_queued.set()
+            self._hand_to_writer(peer)
+            return
+        self._counters["frames_sent_total"] += 1
+        self._counters["socket_writes_total"] += 1
+
+    @staticmethod
+    def _hand_to_writer(peer: _Peer) -> None:
+        """Stop writing directly and wake the writer, to finish `unsent` or end the link."""
+        peer.idle_link = None
+        peer.frames_queued.set()
 
     def _start_writer(self, peer: _Peer) -> None:
         """(Re)start the peer's writer task, if running; a previous one is cancelled."""
