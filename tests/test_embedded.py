@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from memora import (
     InsertNode,
     Memora,
     NotFoundError,
+    ReadOnlyError,
     ValidationError,
 )
 from memora.service.local_node import NodeFailedError
@@ -122,6 +124,41 @@ def test_typed_errors_leave_the_store_usable(tmp_path: Path) -> None:
         assert store.applied_index == first_index + 6
         assert store.get_node(1) is not None
         assert before == store.content_hash()
+
+
+def test_returned_records_cannot_change_what_the_store_holds(tmp_path: Path) -> None:
+    given = {"tags": ["a", {"deep": 1}], "score": 2}
+    with Memora.open(tmp_path, dimension=8) as store:
+        inserted = store.insert_node("Item", id=1, properties=given)
+        given["tags"][0] = "changed by the caller"  # The caller's own map stays the caller's.
+        read = store.get_node(1)
+        assert read is not None
+        edge = store.insert_edge(1, 1, "links", properties={"weight": [1]})
+        for properties in (inserted.properties, read.properties, edge.properties):
+            with pytest.raises(ReadOnlyError):
+                properties["score"] = 3
+            with pytest.raises(ReadOnlyError):
+                properties.update(score=3)
+        with pytest.raises(ReadOnlyError):
+            read.properties["tags"].append("x")
+        with pytest.raises(ReadOnlyError):
+            read.properties["tags"][1]["deep"] = 2
+        with pytest.raises(ReadOnlyError):
+            edge.properties["weight"] += [2]
+        hash_before = store.state_hash()
+        changeable = copy.deepcopy(read.properties)
+        changeable["tags"].append("x")
+        changeable["tags"][1]["deep"] = 2
+        assert store.get_node(1) == read
+        assert read.properties == {"tags": ["a", {"deep": 1}], "score": 2}
+        assert store.state_hash() == hash_before
+        updated = store.update_node(1, properties=changeable)
+        assert updated.properties == {"tags": ["a", {"deep": 2}, "x"], "score": 2}
+    with Memora.open(tmp_path, dimension=8) as store:
+        node = store.get_node(1)
+        assert node is not None and node.properties == updated.properties
+        with pytest.raises(ReadOnlyError):
+            node.properties["tags"].append("y")
 
 
 def test_batches_are_atomic_and_can_reference_their_own_nodes(tmp_path: Path) -> None:

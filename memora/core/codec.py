@@ -37,6 +37,8 @@ from memora.core.types import (
     Edge,
     Entry,
     ExpireClients,
+    FrozenList,
+    FrozenMap,
     InsertEdge,
     InsertNode,
     Namespace,
@@ -230,11 +232,11 @@ def _write(value: Any, out: list[bytes]) -> None:
         out.append(_TRUE if value else _FALSE)
     elif kind is float and math.isfinite(value):
         out.append(_FLOAT_64.pack(_FLOAT_64_HEAD, value))
-    elif kind is tuple or kind is list:
+    elif kind is tuple or kind is list or kind is FrozenList:
         out.append(_head(_ARRAY, len(value)))
         for item in value:
             _write(item, out)
-    elif kind is dict and not value:
+    elif (kind is dict or kind is FrozenMap) and not value:
         out.append(_EMPTY_MAP)
     elif kind in _ENCODERS:
         tag, fields = _ENCODERS[kind]

@@ -27,6 +27,76 @@ PropertyValue: TypeAlias = Any  # JSON-like: None, bool, int, float, str, list, 
 Properties: TypeAlias = dict[str, PropertyValue]
 FloatArray: TypeAlias = npt.NDArray[np.float32]
 
+
+class ReadOnlyError(TypeError):
+    """A record's property map (or a list or map inside it) was changed in place."""
+
+
+def _refuse(self: object, *args: object, **kwargs: object) -> Any:
+    raise ReadOnlyError(
+        "a record's properties are read-only: change a copy (copy.deepcopy gives one you can "
+        "change) and write it with an update"
+    )
+
+
+def _thawed(value: Any) -> Any:
+    """A deep copy of a property value with plain (changeable) dicts and lists."""
+    if isinstance(value, dict):
+        return {key: _thawed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_thawed(item) for item in value]
+    return value
+
+
+class FrozenMap(dict[str, Any]):
+    """A record's property map (or a map inside one): a dict that refuses every change.
+
+    A record is an immutable version that the state machine keeps for history and hashes: a
+    caller who changed a map in place would change what every later read sees, on this replica
+    only. It is a dict still, so it compares equal to a dict, encodes as one (JSON, CBOR) and
+    type-checks as `Properties`. `copy.deepcopy` gives a copy made of plain dicts and lists.
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (dict(self),))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {key: _thawed(item) for key, item in self.items()}
+
+
+class FrozenList(list[Any]):
+    """A list inside a record's property map: a list that refuses every change."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = reverse = sort = clear = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [_thawed(item) for item in self]
+
+
+def frozen_properties(properties: Properties) -> Properties:
+    """A record's property map, deeply read-only (a copy, unless it is read-only already)."""
+    if type(properties) is FrozenMap:
+        return properties
+    return FrozenMap({key: _frozen_value(value) for key, value in properties.items()})
+
+
+def _frozen_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return frozen_properties(value)
+    if isinstance(value, (list, tuple)) and type(value) is not FrozenList:
+        return FrozenList(_frozen_value(item) for item in value)
+    return value
+
+
 VECTOR_DTYPE = np.dtype("<f4")
 
 
@@ -90,7 +160,7 @@ class Node:
     version: int
     label: str
     name: str | None
-    properties: Properties
+    properties: Properties = attrs.field(converter=frozen_properties)
     text: str | None
     vector: bytes | None = attrs.field(repr=_vector_repr)
     provenance: Provenance
@@ -107,7 +177,7 @@ class Edge:
     source: int
     target: int
     kind: str
-    properties: Properties
+    properties: Properties = attrs.field(converter=frozen_properties)
     provenance: Provenance
     created: Stamp
     updated: Stamp
