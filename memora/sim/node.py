@@ -56,6 +56,9 @@ class SimNode:
         self.retired = False  # Removed from the cluster for good (wiped and replaced).
         self.paused = False
         self.incarnation = 0
+        # Numbers this life's chain of tick events: a pause ends the chain and a resume starts the
+        # next, so a tick event left over from before a pause cannot run a second chain beside it.
+        self._tick_chain = 0
         self.restarts = 0
         self._deferred: list[Callable[[], None]] = []
         self.raft: RaftNode
@@ -122,6 +125,7 @@ class SimNode:
 
     def pause(self) -> None:
         self.paused = True
+        self._tick_chain += 1
 
     def resume(self, paused_us: int) -> None:
         """SIGCONT: the driver catches up the ticks its clock counted, then handles what queued."""
@@ -149,13 +153,14 @@ class SimNode:
         return self.up and incarnation == self.incarnation
 
     def _schedule_tick(self) -> None:
-        incarnation = self.incarnation
+        incarnation, chain = self.incarnation, self._tick_chain
         delay = self.clock.next_tick_delay_us(self.random)
-        self.world.loop.after(delay, lambda: self._on_tick(incarnation))
+        self.world.loop.after(delay, lambda: self._on_tick(incarnation, chain))
 
-    def _on_tick(self, incarnation: int) -> None:
-        if not self._live(incarnation) or self.paused:
-            return  # A paused node's ticks restart on resume.
+    def _on_tick(self, incarnation: int, chain: int) -> None:
+        if not self._live(incarnation) or chain != self._tick_chain:
+            return  # Paused since (its ticks restart on resume), or restarted.
+        assert not self.paused
         self.raft.tick()
         self.pump()
         self._schedule_tick()

@@ -18,6 +18,7 @@ from memora.core.errors import CodecError
 from memora.core.raft import (
     AppendRequest,
     AppendResponse,
+    CommitNotice,
     Configuration,
     EntryKind,
     HardState,
@@ -79,6 +80,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     ),
     HeartbeatRequest: st.builds(HeartbeatRequest, node_ids, node_ids, small, small, small),
     HeartbeatResponse: st.builds(HeartbeatResponse, node_ids, node_ids, small, small),
+    CommitNotice: st.builds(CommitNotice, node_ids, node_ids, small, small),
     SnapshotChunk: st.builds(
         SnapshotChunk, node_ids, node_ids, small, metas, small, small, st.binary(max_size=32)
     ),

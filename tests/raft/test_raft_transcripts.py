@@ -30,6 +30,7 @@ from memora.core.errors import MemoraError
 from memora.core.raft import (
     AppendRequest,
     AppendResponse,
+    CommitNotice,
     ConfigurationChange,
     ConfigurationChangeKind,
     EntryKind,
@@ -89,6 +90,8 @@ def format_message(message: Message) -> str:
             return f"{head} commit={message.commit} round={message.round}"
         case HeartbeatResponse():
             return f"{head} round={message.round}"
+        case CommitNotice():
+            return f"{head} commit={message.commit}"
         case SnapshotChunk():
             meta = f"{message.meta.index}@{message.meta.term}"
             end = message.offset + len(message.data)

@@ -17,6 +17,7 @@ from memora.core.raft.storage import (
 from memora.core.raft.types import (
     AppendRequest,
     AppendResponse,
+    CommitNotice,
     Configuration,
     ConfigurationChange,
     ConfigurationChangeError,
@@ -53,6 +54,7 @@ from memora.core.raft.types import (
 __all__ = [
     "AppendRequest",
     "AppendResponse",
+    "CommitNotice",
     "Configuration",
     "ConfigurationChange",
     "ConfigurationChangeError",

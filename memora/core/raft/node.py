@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import attrs
 
@@ -35,6 +36,7 @@ from memora.core.raft.types import (
     MESSAGE_CLASSES,
     AppendRequest,
     AppendResponse,
+    CommitNotice,
     Configuration,
     ConfigurationChange,
     EntryKind,
@@ -66,6 +68,9 @@ from memora.core.raft.types import (
     decode_configuration,
     encode_configuration,
 )
+
+# Messages only a leader sends: they make their receiver a follower of their source.
+_FROM_LEADER: Final = (AppendRequest, HeartbeatRequest, CommitNotice, SnapshotChunk)
 
 
 @attrs.frozen
@@ -678,13 +683,13 @@ class RaftNode:
                 return True  # A pre-vote never changes our term.
         elif isinstance(message, VoteResponse) and message.pre_vote and message.granted:
             return True  # Granted pre-votes carry the term we would campaign at.
-        from_leader = isinstance(message, AppendRequest | HeartbeatRequest | SnapshotChunk)
+        from_leader = isinstance(message, _FROM_LEADER)
         self._become_follower(message.term, message.source if from_leader else None)
         return True
 
     def _on_lower_term(self, message: Message) -> None:
         self._reject("stale_term")
-        if isinstance(message, AppendRequest | HeartbeatRequest) and (
+        if isinstance(message, AppendRequest | HeartbeatRequest | CommitNotice) and (
             self.options.check_quorum or self.options.pre_vote
         ):
             # A stale leader that cannot learn our term otherwise (we ignore its votes under
@@ -755,7 +760,7 @@ class RaftNode:
     # -- Follower. ----------------------------------------------------------------------------
 
     def _step_follower(self, message: Message) -> None:
-        if isinstance(message, AppendRequest | HeartbeatRequest | SnapshotChunk):
+        if isinstance(message, _FROM_LEADER):
             if self.leader_id not in (None, message.source):
                 self._reject("second_leader")
                 return
@@ -765,6 +770,8 @@ class RaftNode:
                 self._on_append_request(message)
             elif isinstance(message, HeartbeatRequest):
                 self._on_heartbeat_request(message)
+            elif isinstance(message, CommitNotice):
+                self._on_commit_notice(message)
             else:
                 self._on_snapshot_chunk(message)
         elif isinstance(message, TimeoutNow):
@@ -824,9 +831,12 @@ class RaftNode:
                 self._configuration_appended(entry)
 
     def _on_heartbeat_request(self, message: HeartbeatRequest) -> None:
+        self._on_commit_notice(message)
+        self._send(HeartbeatResponse(self.node_id, message.source, self.term, message.round))
+
+    def _on_commit_notice(self, message: HeartbeatRequest | CommitNotice) -> None:
         # The leader sends min(commit, our match), so this never commits a divergent entry.
         self.log.commit_to(min(message.commit, self.log.last_index()))
-        self._send(HeartbeatResponse(self.node_id, message.source, self.term, message.round))
 
     def _on_timeout_now(self) -> None:
         if self._recovering_to is not None:
@@ -881,7 +891,7 @@ class RaftNode:
     # -- Candidates. --------------------------------------------------------------------------
 
     def _step_candidate(self, message: Message) -> None:
-        if isinstance(message, AppendRequest | HeartbeatRequest | SnapshotChunk):
+        if isinstance(message, _FROM_LEADER):
             # A leader of our term exists (our election, if any, is lost).
             self._become_follower(self.term, message.source)
             self._step_follower(message)
@@ -905,7 +915,7 @@ class RaftNode:
     # -- Leader. ------------------------------------------------------------------------------
 
     def _step_leader(self, message: Message) -> None:
-        if isinstance(message, AppendRequest | HeartbeatRequest | SnapshotChunk):
+        if isinstance(message, _FROM_LEADER):
             self._reject("second_leader")
             return
         if isinstance(message, VoteResponse | TimeoutNow | ReadIndexResponse):
@@ -1033,17 +1043,32 @@ class RaftNode:
         self._become_follower(self.term, None)
 
     def _flush_broadcast(self) -> None:
+        """Tell each peer of new entries and of the commit index, in one message if it can."""
         if self._broadcast_pending and self.role is Role.LEADER:
-            for node_id in self._progress:
-                if node_id != self.node_id:
-                    self._send_appends(node_id, allow_empty=True)
+            for node_id, progress in self._progress.items():
+                if node_id == self.node_id:
+                    continue
+                if not self._send_appends(node_id, allow_empty=False):
+                    self._notify_commit(node_id, progress)
         self._broadcast_pending = False
 
-    def _send_appends(self, node_id: int, *, allow_empty: bool) -> None:
-        """Send what the peer's state allows: one probe, or a pipeline of batches."""
+    def _notify_commit(self, node_id: int, progress: Progress) -> None:
+        """Send the commit index to a peer that had no entries to be sent: a CommitNotice (no
+        answer) to a peer known to hold its log, else an empty append (a probe), as before."""
+        commit = min(progress.match, self.log.committed)
+        if progress.state is not ProgressState.REPLICATE:
+            self._send_appends(node_id, allow_empty=True)
+        elif commit > progress.commit_sent:
+            self._send(CommitNotice(self.node_id, node_id, self.term, commit))
+            progress.commit_sent = commit
+
+    def _send_appends(self, node_id: int, *, allow_empty: bool) -> bool:
+        """Send what the peer's state allows: one probe, or a pipeline of batches. Whether any
+        entries went out."""
         for count in range(self.options.inflight_messages_max + 1):
             if not self._send_append(node_id, allow_empty=allow_empty and count == 0):
-                return
+                return count > 0
+        return True
 
     def _send_append(self, node_id: int, *, allow_empty: bool) -> bool:
         progress = self._progress[node_id]
@@ -1070,6 +1095,9 @@ class RaftNode:
             self.node_id, node_id, self.term, previous_index, previous_term, tuple(entries), commit
         )
         self._send(request)
+        # What the peer may commit from it: entries past what it holds are not yet known to match.
+        reach = min(commit, previous_index + len(entries))
+        progress.commit_sent = max(progress.commit_sent, reach)
         size = sum(entry.size_bytes() for entry in entries)
         progress.sent_entries(previous_index + len(entries), size, len(entries))
         return bool(entries)
@@ -1167,6 +1195,7 @@ class RaftNode:
             if node_id != self.node_id:
                 commit = min(progress.match, self.log.committed)
                 self._send(HeartbeatRequest(self.node_id, node_id, self.term, commit, self._round))
+                progress.commit_sent = max(progress.commit_sent, commit)
         return self._round
 
     # -- Snapshots (leader side). -------------------------------------------------------------

@@ -88,6 +88,7 @@ class SnapshotTransfer:
 class Progress:
     __slots__ = (
         "acked_round",
+        "commit_sent",
         "inflights",
         "is_learner",
         "last_heard_tick",
@@ -111,6 +112,7 @@ class Progress:
         self.is_learner = is_learner
         self.inflights = inflights
         self.acked_round = 0
+        self.commit_sent = 0  # The highest commit index the peer was sent and can apply.
         self.last_heard_tick = 0
         self.snapshot_transfer: SnapshotTransfer | None = None
 

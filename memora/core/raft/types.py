@@ -230,6 +230,21 @@ class HeartbeatRequest:
 
 
 @attrs.frozen
+class CommitNotice:
+    """The leader's commit index, up to what the follower is known to hold; never answered.
+
+    Sent when the commit index moves and a follower has no entries waiting to be sent (those
+    would carry it). Unlike an empty append or a heartbeat it asks nothing of the follower, so
+    a replicated write costs each follower one message received and one sent, not two and two.
+    """
+
+    source: int
+    target: int
+    term: int
+    commit: int
+
+
+@attrs.frozen
 class HeartbeatResponse:
     source: int
     target: int
@@ -298,6 +313,7 @@ Message: TypeAlias = (
     | AppendResponse
     | HeartbeatRequest
     | HeartbeatResponse
+    | CommitNotice
     | SnapshotChunk
     | SnapshotChunkResponse
     | TimeoutNow
@@ -470,6 +486,7 @@ _TAGGED_CLASSES: Final[dict[int, type]] = {
     TAG_BASE + 28: TimeoutNow,
     TAG_BASE + 29: ReadIndexRequest,
     TAG_BASE + 30: ReadIndexResponse,
+    TAG_BASE + 31: CommitNotice,
 }
 _TAG_OF_CLASS: Final[dict[type, int]] = {cls: tag for tag, cls in _TAGGED_CLASSES.items()}
 _FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
