@@ -11,6 +11,7 @@ from memora.core.errors import ValidationError
 from memora.core.raft import (
     AppendRequest,
     AppendResponse,
+    CommitNotice,
     ConfigurationChange,
     ConfigurationChangeError,
     ConfigurationChangeKind,
@@ -682,3 +683,41 @@ def test_a_window_full_of_lost_messages_recovers_at_the_next_heartbeat(lost: typ
     cluster.heal()
     cluster.tick(2 * constants.heartbeat_interval_ticks)
     assert cluster.states[3] == cluster.states[1] and len(cluster.states[3]) == 6
+
+
+def test_a_commit_reaches_the_followers_in_notices_they_do_not_answer() -> None:
+    cluster = Cluster()
+    cluster.elect(1)
+    cluster.sent.clear()
+    cluster.propose(1, b"x")
+    kinds = [(type(m).__name__, m.source, m.target) for m in cluster.sent]
+    assert kinds == [
+        ("AppendRequest", 1, 2),
+        ("AppendRequest", 1, 3),
+        ("AppendResponse", 2, 1),
+        ("AppendResponse", 3, 1),
+        ("CommitNotice", 1, 2),
+        ("CommitNotice", 1, 3),
+    ]
+    assert all(m.commit == 3 for m in cluster.sent if isinstance(m, CommitNotice))
+    assert cluster.states == {1: [b"x"], 2: [b"x"], 3: [b"x"]}
+
+
+def test_a_notice_commits_no_further_than_the_follower_holds() -> None:
+    cluster = Cluster()
+    cluster.elect(1)
+    follower = cluster.node(2)
+    last = follower.log.last_index()
+    follower.step(CommitNotice(1, 2, follower.term, last + 5))
+    ready = drain(follower)
+    assert follower.log.committed == last and not ready.messages
+
+
+def test_a_stale_leaders_notice_is_answered_with_the_newer_term() -> None:
+    cluster = Cluster(options=RaftOptions(check_quorum=True))
+    cluster.elect(1)
+    follower = cluster.node(2)
+    follower.step(CommitNotice(3, 2, follower.term - 1, 1))
+    (answer,) = drain(follower).messages
+    assert isinstance(answer, AppendResponse) and answer.term == follower.term
+    assert follower.counters["rejected_stale_term"] == 1
