@@ -1048,17 +1048,17 @@ class RaftNode:
             for node_id, progress in self._progress.items():
                 if node_id == self.node_id:
                     continue
-                if not self._send_appends(node_id, allow_empty=False):
+                if progress.state is not ProgressState.REPLICATE:
+                    self._send_appends(node_id, allow_empty=True)  # A probe needs its answer.
+                elif not self._send_appends(node_id, allow_empty=False):
                     self._notify_commit(node_id, progress)
         self._broadcast_pending = False
 
     def _notify_commit(self, node_id: int, progress: Progress) -> None:
-        """Send the commit index to a peer that had no entries to be sent: a CommitNotice (no
-        answer) to a peer known to hold its log, else an empty append (a probe), as before."""
+        """Send the commit index to a replicating peer that had no entries to be sent, in a
+        CommitNotice (never answered), unless an append or heartbeat already carried it."""
         commit = min(progress.match, self.log.committed)
-        if progress.state is not ProgressState.REPLICATE:
-            self._send_appends(node_id, allow_empty=True)
-        elif commit > progress.commit_sent:
+        if commit > progress.commit_sent:
             self._send(CommitNotice(self.node_id, node_id, self.term, commit))
             progress.commit_sent = commit
 
