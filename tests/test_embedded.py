@@ -21,6 +21,8 @@ from memora import (
     ReadOnlyError,
     ValidationError,
 )
+from memora.core import constants
+from memora.core.replica import Replica
 from memora.service.local_node import NodeFailedError
 
 
@@ -221,6 +223,116 @@ def test_a_failed_fsync_is_raised_and_the_store_refuses_work_after_it(
     with Memora.open(tmp_path, dimension=8) as reopened:
         assert reopened.get_node(1) is not None
         assert reopened.get_node(3) is None
+
+
+def small_vector_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs from the 8th vector of a segment on, and a new segment every 64 vectors."""
+    monkeypatch.setattr(constants, "vector_segment_brute_force_max", 8)
+    monkeypatch.setattr(constants, "vector_segment_vectors_max", 64)
+
+
+def similar_answers(store: Memora) -> list[list[tuple[int, float]]]:
+    return [
+        [(node.id, distance) for node, distance in store.query_similar(unit(seed), top_k=5)]
+        for seed in range(1000, 1020)
+    ]
+
+
+def test_graph_inserts_run_after_the_reply_and_change_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single vector's graph insert is left to a worker once its writer has the reply; reads
+    wait for it. Reopening replays the log with every insert made by the next apply instead, and
+    must build the same graphs: the same answers, at every distance."""
+    small_vector_segments(monkeypatch)
+    settled_on: list[str] = []
+    settle_graphs = Replica.settle_graphs
+
+    def recording_settle_graphs(replica: Replica) -> None:
+        settled_on.append(threading.current_thread().name)
+        settle_graphs(replica)
+
+    monkeypatch.setattr(Replica, "settle_graphs", recording_settle_graphs)
+    with Memora.open(tmp_path, dimension=8) as store:
+        for number in range(1, 151):
+            store.insert_node("Item", id=number, vector=unit(number))
+            if number % 10 == 0:
+                store.insert_vector(number - 5, unit(number + 500))  # A replaced vector.
+        answers = similar_answers(store)
+        expected_hash = store.content_hash()
+    # Every single add past a segment's 8th vector, but the sealing ones, waits for the worker.
+    assert len(settled_on) >= 100 and set(settled_on) == {"memora-settle"}
+    settled_on.clear()
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.content_hash() == expected_hash
+        assert similar_answers(reopened) == answers
+    assert settled_on == [], "a replay settles each graph insert in the next apply, or a search"
+
+
+def test_readers_and_writers_share_the_settling_graphs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_vector_segments(monkeypatch)
+    store = Memora.open(tmp_path, dimension=8)
+    errors: list[BaseException] = []
+    writing = threading.Event()
+    writing.set()
+
+    def write(worker: int) -> None:
+        try:
+            for number in range(40):
+                store.insert_node("Item", vector=unit(worker * 100 + number))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    def read() -> None:
+        try:
+            while writing.is_set():
+                for node, _ in store.query_similar(unit(7), top_k=3):
+                    assert node.vector is not None
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    writers = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for thread in writers + readers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    writing.clear()
+    for thread in readers:
+        thread.join()
+    assert not errors
+    assert store.stats()["nodes"] == 160
+    answers, expected_hash = similar_answers(store), store.content_hash()
+    store.close()
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.content_hash() == expected_hash
+        assert similar_answers(reopened) == answers
+
+
+def test_a_failed_graph_insert_stops_the_store_until_it_is_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_vector_segments(monkeypatch)
+    with Memora.open(tmp_path, dimension=8) as store:
+        for number in range(1, 9):
+            store.insert_node("Item", id=number, vector=unit(number))
+
+        def failing_settle_graphs(replica: Replica) -> None:
+            raise MemoryError("injected")
+
+        monkeypatch.setattr(Replica, "settle_graphs", failing_settle_graphs)
+        store.insert_node("Item", id=9, vector=unit(9))  # Durable: its reply came first.
+        with pytest.raises(NodeFailedError, match="graph failed: injected"):
+            store.get_node(9)
+        with pytest.raises(NodeFailedError):
+            store.insert_node("Item", id=10)
+        monkeypatch.undo()
+        small_vector_segments(monkeypatch)
+    with Memora.open(tmp_path, dimension=8) as reopened:
+        assert reopened.get_node(9) is not None and reopened.get_node(10) is None
+        assert [node.id for node, _ in reopened.query_similar(unit(9), top_k=1)] == [9]
 
 
 def test_closed_store_refuses_work(tmp_path: Path) -> None:

@@ -537,6 +537,36 @@ def test_one_vector_per_add_builds_what_one_batch_builds(metric: Metric) -> None
         assert answers(singles, probes) == expected == answers(one_by_one, probes)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_a_single_add_waits_for_its_graph_until_one_is_needed(metric: Metric) -> None:
+    # `add_one` stores the row at once and leaves its graph insert to the next add, a search, a
+    # seal or `settle_graphs`, whichever comes first. The graphs, and so every answer, must be
+    # the same as when each add is settled straight away.
+    vectors = clustered(np.random.default_rng(8), 300, 16, 6)
+    probes = clustered(np.random.default_rng(9), 12, 16, 6)
+    with small_segments(brute_force_max=64, vectors_max=256, capacity=16):
+        eager, lazy = VectorIndex(16, metric), VectorIndex(16, metric)
+        backlogs = []
+        for key, vector in enumerate(vectors, start=1):
+            eager.add_one(key, vector, key)
+            eager.settle_graphs()
+            assert eager.graph_backlog == 0
+            lazy.add_one(key, vector, key)
+            backlogs.append(lazy.graph_backlog)
+        # Brute force below 64 rows; a graph from then on; the 256th row sealed the segment (and
+        # settled it); the new active segment is brute force again.
+        assert backlogs == [0] * 64 + [1] * 191 + [0] * 45
+        lazy.add(list(range(301, 331)), vectors[:30], 301)
+        eager.add(list(range(301, 331)), vectors[:30], 301)
+        assert lazy.graph_backlog == 0, "a batch settles first, then adds all its rows"
+        lazy.add_one(331, vectors[30], 302)
+        assert lazy.graph_backlog == 1
+        eager.add_one(331, vectors[30], 302)
+        assert eager.snapshot() == lazy.snapshot()
+        assert answers(lazy, probes) == answers(eager, probes)
+        assert lazy.graph_backlog == 0, "a search settles first"
+
+
 def test_ties_from_one_graph_come_back_by_key() -> None:
     with small_segments(brute_force_max=64, vectors_max=1024, capacity=16):
         index = VectorIndex(8, "l2")

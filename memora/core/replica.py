@@ -173,6 +173,14 @@ class Replica:
             return Rejected(entry.index, CodecError("the entry does not hold a proposal"))
         return self._apply_proposal(entry, proposal)
 
+    @property
+    def graphs_unsettled(self) -> bool:
+        return self.machine.graphs_unsettled
+
+    def settle_graphs(self) -> None:
+        """`StateMachine.settle_graphs`: work no reply waits for, done when the caller likes."""
+        self.machine.settle_graphs()
+
     def state_hash(self) -> str:
         """The machine's state hash extended with the client table: one digest of both."""
         return hashlib.sha256(self.machine.state_header() + self.clients.digest()).hexdigest()

@@ -55,6 +55,7 @@ from memora.core.types import (
     UpdateEdge,
     UpdateNode,
 )
+from memora.core.vectors import VectorIndex
 
 HASH_BYTES: Final = 32
 HASH_MODULUS: Final = 2 ** (8 * HASH_BYTES)
@@ -98,6 +99,8 @@ class StateMachine:
         self.last_timestamp_ms = 0
         self._records_digest = 0  # Sum of version digests, modulo HASH_MODULUS...
         self._undigested: list[object] = []  # ...but of these, digested when a hash is asked for.
+        # Indexes whose last add may await its graph; each settles alone, so order is moot.
+        self._unsettled: set[VectorIndex] = set()
 
     # -- Apply ------------------------------------------------------------------------------------
 
@@ -116,11 +119,23 @@ class StateMachine:
             result = Rejected(entry.index, error)
         else:
             self._add_digests(journal.written)
-            journal.commit()
+            journal.commit(self._unsettled)
             result = Applied(entry.index, value)
         self.applied_index = entry.index
         self.last_timestamp_ms = entry.timestamp_ms
         return result
+
+    @property
+    def graphs_unsettled(self) -> bool:
+        """Whether a vector may wait for its HNSW graph (`settle_graphs` would add it)."""
+        return bool(self._unsettled)
+
+    def settle_graphs(self) -> None:
+        """Add the vectors that wait for their HNSW graphs (see `memora.core.vectors`). Nothing
+        that a read or a hash can see changes: searches settle first, and answer the same."""
+        for index in self._unsettled:
+            index.settle_graphs()
+        self._unsettled.clear()
 
     def skip(self, index: int) -> None:
         """Account for a log entry that carries no command (a Raft no-op or configuration), so

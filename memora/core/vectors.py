@@ -9,6 +9,12 @@ one vector at a time. A full active segment is sealed (immutable) and a new one 
 a replace only clears the slot's live flag (a tombstone); searches skip dead slots, and
 `merge_sealed` (a logged command) rewrites the sealed segments without them.
 
+A single add's graph insert waits (`settle_graphs`): it is the costly part of a write, and its
+writer does not need it, so the row is stored at once and joins the active graph when the next
+add, a search or a seal needs the graph, or when the caller settles it earlier, once its writer
+has its reply (the embedded store does so on a worker thread). At most one row waits, and the
+graph is the same whichever of these adds it: rows join in slot order either way.
+
 Determinism: a graph is built single-threaded (`num_threads=1`), seeded from the log index of
 its segment's first entry, with vectors added in slot order. hnswlib adds one point at a time, so
 how the adds are batched does not change the graph, and neither does a graph's capacity. A snapshot
@@ -188,8 +194,10 @@ class Segment:
     """A run of vectors in slot order, with its hnswlib graph once it has one.
 
     Rows [0, count) of `vectors`, `norms_inverse` and `slots` are used; the rest is spare capacity.
-    `slots` is strictly increasing; the graph labels each vector with its slot. `dead_count` counts
-    rows whose slot is no longer live. A sealed segment never changes, except for `dead_count`.
+    `slots` is strictly increasing; the graph labels each vector with its slot and holds rows
+    [0, graph_count): all of them, or all but the last single add's (see `settle_graph`).
+    `dead_count` counts rows whose slot is no longer live. A sealed segment never changes, except
+    for `dead_count`.
     """
 
     __slots__ = (
@@ -197,6 +205,7 @@ class Segment:
         "dead_count",
         "first_log_index",
         "graph",
+        "graph_count",
         "graph_ef",
         "metric",
         "norms_inverse",
@@ -215,6 +224,7 @@ class Segment:
         self.count = 0
         self.dead_count = 0
         self.graph: Any = None  # hnswlib.Index (untyped).
+        self.graph_count = 0  # Rows in the graph.
         self.graph_ef = 0  # The ef last given to the graph, to skip redundant set_ef calls.
         self.sealed = False
 
@@ -235,6 +245,7 @@ class Segment:
         assert not self.sealed
         assert len(vectors) == len(slots) > 0
         assert self.count == 0 or int(slots[0]) > int(self.slots[self.count - 1])
+        self.settle_graph()
         start, end = self.count, self.count + len(slots)
         assert end <= constants.vector_segment_vectors_max, end
         self._reserve(end)
@@ -248,10 +259,12 @@ class Segment:
             self.build_graph()
 
     def append_one(self, vector: FloatArray, slot: int) -> None:
-        """`append` of one vector (a single insert): the same rows, norm and graph in fewer numpy
-        calls, each of which costs microseconds with the caches cold from the last graph add."""
+        """`append` of one vector (a single insert): the same rows and norm in fewer numpy calls,
+        each of which costs microseconds with the caches cold from the last graph add. The row
+        waits for the graph (`settle_graph`); the row that waited before it joins it first."""
         assert not self.sealed
         assert self.count == 0 or slot > int(self.slots[self.count - 1])
+        self.settle_graph()
         row, end = self.count, self.count + 1
         assert end <= constants.vector_segment_vectors_max, end
         self._reserve(end)
@@ -260,13 +273,21 @@ class Segment:
         self.norms_inverse[row] = norm_inverse
         self.slots[row] = slot
         self.count = end
-        if self.graph is not None:
-            # What `graph_rows` gives for this row: the same float32 product, element by element.
-            unit = vector if self.metric == "l2" else vector * norm_inverse
-            self.graph.add_items(unit, slot, num_threads=1)
-            assert self.graph.get_current_count() == self.count
-        elif self.count >= constants.vector_segment_brute_force_max:
+        if self.graph is None and self.count >= constants.vector_segment_brute_force_max:
             self.build_graph()
+
+    def settle_graph(self) -> None:
+        """Add the row that waits for the graph, if one does: the last `append_one`'s."""
+        if self.graph_count == self.count or self.graph is None:
+            return
+        row = self.graph_count
+        assert row == self.count - 1, (row, self.count)
+        # What `graph_rows` gives for this row: the same float32 product, element by element.
+        vector = self.vectors[row]
+        unit = vector if self.metric == "l2" else vector * self.norms_inverse[row]
+        self.graph.add_items(unit, int(self.slots[row]), num_threads=1)
+        self.graph_count = self.count
+        assert self.graph.get_current_count() == self.count
 
     def _reserve(self, count: int) -> None:
         if count <= len(self.slots):
@@ -295,17 +316,20 @@ class Segment:
             random_seed=_graph_seed(self.first_log_index),
         )
         self.graph = graph
+        self.graph_count = 0
         self.graph_ef = 0
         self._graph_add(0)
 
     def _graph_add(self, start: int) -> None:
         """Add rows [start, count) to the graph, in order, as `graph_rows` presents them."""
         assert self.graph is not None and 0 <= start < self.count <= len(self.slots)
+        assert self.graph_count == start, (self.graph_count, start)
         for chunk_start in range(start, self.count, GRAPH_ADD_CHUNK_ROWS):
             chunk_end = min(chunk_start + GRAPH_ADD_CHUNK_ROWS, self.count)
             rows = self.graph_rows(chunk_start, chunk_end)
             # One thread, always: with more, the order of insertion (and so the graph) would vary.
             self.graph.add_items(rows, self.slots[chunk_start:chunk_end], num_threads=1)
+        self.graph_count = self.count
         assert self.graph.get_current_count() == self.count
 
     def graph_rows(self, start: int, end: int) -> FloatArray:
@@ -319,6 +343,7 @@ class Segment:
     def seal(self) -> None:
         """Freeze the segment and trim spare capacity (from the graph too, whose state is saved)."""
         assert not self.sealed
+        self.settle_graph()
         self.sealed = True
         self.vectors = self.vectors[: self.count].copy()
         self.norms_inverse = self.norms_inverse[: self.count].copy()
@@ -351,8 +376,12 @@ class Segment:
     def invariants(self) -> None:
         assert 0 <= self.dead_count <= self.count <= len(self.slots)
         assert len(self.vectors) == len(self.slots) == len(self.norms_inverse)
-        if self.graph is not None:
-            assert self.graph.get_current_count() == self.count
+        if self.graph is None:
+            assert self.graph_count == 0
+        else:
+            assert self.count - 1 <= self.graph_count <= self.count, (self.graph_count, self.count)
+            assert not self.sealed or self.graph_count == self.count, "a sealed graph is whole"
+            assert self.graph.get_current_count() == self.graph_count
             assert self.graph.get_max_elements() == len(self.slots)
         if self.sealed:
             assert self.count == len(self.slots), "a sealed segment has no spare capacity"
@@ -430,6 +459,19 @@ class VectorIndex:
         self._slot_of_key[key] = slot
         self._invariants()
 
+    @property
+    def graph_backlog(self) -> int:
+        """How many vectors wait for their graph: 0 or 1 (module docstring)."""
+        if not self._segments or self._segments[-1].graph is None:
+            return 0
+        return self._segments[-1].count - self._segments[-1].graph_count
+
+    def settle_graphs(self) -> None:
+        """Add the vector that waits for its graph, if one does (module docstring). Searches do
+        this themselves; callers may do it sooner, off their writers' path."""
+        if self._segments:
+            self._segments[-1].settle_graph()  # Sealing settles, so only the active one waits.
+
     def remove(self, key: int) -> None:
         """Tombstone the key's live vector; a key without one is left alone."""
         slot = self._slot_of_key.pop(key, None)
@@ -506,6 +548,7 @@ class VectorIndex:
         ef_search = constants.hnsw_ef_search_default if ef is None else ef
         assert 1 <= ef_search <= constants.hnsw_ef_search_max, ef_search
         brute_force_max = constants.vector_segment_brute_force_max
+        self.settle_graphs()
         if not exact and allowed is None and len(self._segments) == 1:
             only = self._segments[0]
             if only.graph is not None and only.dead_count == 0 and only.count >= brute_force_max:
@@ -852,6 +895,7 @@ def _sealed_segment(
     segment.count = len(slots)
     segment.sealed = True
     segment.graph = graph
+    segment.graph_count = 0 if graph is None else segment.count
     if graph is None and segment.count >= constants.vector_segment_brute_force_max:
         segment.build_graph()
     return segment

@@ -18,6 +18,14 @@ is visible before the save returns: the apply lock, which every read takes, is h
 and each writer gets its reply only after it. If the save fails, the replica holds entries that
 may not be on disk, so the node refuses every later write and read (`NodeFailedError`); reopening
 the store recovers what was durable.
+
+Graph inserts after the reply: a single vector's HNSW insert is most of a write's cost, and the
+state machine lets it wait (`Replica.settle_graphs`). Once a Ready's writers have their replies,
+`_Settler` does it on a worker thread, holding the apply lock, while the caller goes on; hnswlib
+releases the GIL, so the caller's next write runs beside it until it needs the apply lock. The
+caller waits until the worker holds that lock: otherwise the worker, short of the GIL, would
+start only when the caller's next apply had already done the insert itself. The graphs, and every
+answer, are the same whoever does the insert (`memora.core.vectors`).
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ LOCAL_NODE_ID = 1
 
 
 class NodeFailedError(StorageFailedError):
-    """A save failed after its entries were applied: the replica may be ahead of the disk."""
+    """The node stopped: a save failed after its entries were applied (the replica may be ahead
+    of the disk), or adding a vector to its graph failed (the index may be damaged). Reopening
+    the store recovers everything that was acknowledged."""
 
 
 class _Saver:
@@ -82,6 +92,43 @@ class _Saver:
                 self._outcomes.put(None)
 
 
+class _Settler:
+    """A worker thread that settles a replica's graphs (`Replica.settle_graphs`) under a lock.
+
+    `start` returns once the worker holds the lock, so whoever takes the lock next waits for the
+    settling to finish. An error in it (a bug or out of memory) is kept for `failure`.
+    """
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self._replicas: queue.SimpleQueue[Replica | None] = queue.SimpleQueue()
+        self._holding = threading.Lock()  # Released by the worker once it holds `lock`.
+        self._holding.acquire()
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="memora-settle", daemon=True)
+        self._thread.start()
+
+    def start(self, replica: Replica) -> None:
+        self._replicas.put(replica)
+        self._holding.acquire()
+
+    def stop(self) -> None:
+        self._replicas.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            replica = self._replicas.get()
+            if replica is None:
+                return
+            with self._lock:
+                self._holding.release()
+                try:
+                    replica.settle_graphs()
+                except BaseException as error:  # Reported by the node's next call.
+                    self.failure = error
+
+
 class LocalNode:
     """A single-voter RaftNode, its FileStorage and its Replica, in one process."""
 
@@ -94,6 +141,7 @@ class LocalNode:
         self.apply_lock = threading.RLock()  # Guards the replica: applies and reads.
         self._results: dict[int, Result] = {}  # Replies not yet collected, by log index.
         self._saver = _Saver(storage)
+        self._settler = _Settler(self.apply_lock)
         self._failure: BaseException | None = None  # A save that failed after its apply.
 
     @classmethod
@@ -138,6 +186,8 @@ class LocalNode:
             self._check_usable()
             if index not in self._results:
                 self._drive()
+                if self._replica.graphs_unsettled:
+                    self._settler.start(self._replica)
             return self._results.pop(index)
 
     def snapshot(self) -> int:
@@ -154,6 +204,7 @@ class LocalNode:
     def close(self) -> None:
         with self._drive_lock:
             self._saver.stop()
+            self._settler.stop()
             self.storage.close()
 
     def _become_leader(self) -> None:
@@ -184,8 +235,8 @@ class LocalNode:
             with self.apply_lock:
                 self._apply(ready)
             return
+        self._saver.start(ready)  # The save needs no lock: it may run while graphs settle.
         with self.apply_lock:
-            self._saver.start(ready)
             try:
                 self._apply(ready)
             finally:
@@ -211,6 +262,9 @@ class LocalNode:
         if self._failure is not None:
             message = f"a save failed after its entries were applied: {self._failure}"
             raise NodeFailedError(message) from self._failure
+        if self._settler.failure is not None:
+            message = f"adding a vector to its graph failed: {self._settler.failure}"
+            raise NodeFailedError(message) from self._settler.failure
 
 
 def _open_storage(data_dir: str) -> FileStorage:
