@@ -256,6 +256,8 @@ def test_graph_inserts_run_after_the_reply_and_change_no_answer(
     with Memora.open(tmp_path, dimension=8) as store:
         for number in range(1, 151):
             store.insert_node("Item", id=number, vector=unit(number))
+            if number == 8:
+                assert settled_on == [], "brute force leaves nothing to settle"
             if number % 10 == 0:
                 store.insert_vector(number - 5, unit(number + 500))  # A replaced vector.
         answers = similar_answers(store)

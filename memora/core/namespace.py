@@ -59,7 +59,7 @@ class Journal:
         """Run the queued vector changes, adding runs of vectors to one index in one call.
 
         An index given a single vector may leave its graph insert waiting (`VectorIndex.add_one`);
-        such indexes are added to `unsettled`.
+        an index that does is added to `unsettled`.
         """
         changes = self.vector_changes
         start = 0
@@ -74,7 +74,8 @@ class Journal:
                 end += 1
             if end == start + 1:
                 index.add_one(key, vector, log_index)  # The usual command: one vector.
-                unsettled.add(index)
+                if index.graph_backlog:
+                    unsettled.add(index)
             else:
                 run = changes[start:end]
                 vectors = [change[2] for change in run if change[2] is not None]
