@@ -703,6 +703,46 @@ def test_a_commit_reaches_the_followers_in_notices_they_do_not_answer() -> None:
     assert cluster.states == {1: [b"x"], 2: [b"x"], 3: [b"x"]}
 
 
+def test_a_commit_rides_the_next_append_when_a_writer_proposes_at_once() -> None:
+    """The Ready that applies a commit holds its notices back for one Ready; a proposal made
+    meanwhile (by a writer that apply answered) carries the commit in its appends instead."""
+    cluster = Cluster()
+    leader = cluster.elect(1)
+    cluster.propose(1, b"x", stabilize=False)
+    cluster.process_ready(1)
+    cluster.deliver()  # The appends.
+    cluster.flush()  # The followers save and answer.
+    cluster.deliver()  # The answers: "x" is committed.
+    cluster.sent.clear()
+    applying = leader.ready()
+    assert [entry.data for entry in applying.committed] == [b"x"]
+    assert not applying.messages  # No notices yet.
+    cluster.finish_ready(1, applying)
+    second = cluster.propose(1, b"y", stabilize=False)
+    assert leader.has_ready()
+    cluster.process_ready(1)
+    appends = [m for m in cluster.sent if m.source == 1]
+    assert [(type(m), m.target) for m in appends] == [(AppendRequest, 2), (AppendRequest, 3)]
+    assert all(m.commit == second - 1 for m in appends if isinstance(m, AppendRequest))
+    cluster.stabilize()
+    assert cluster.states == {node: [b"x", b"y"] for node in (1, 2, 3)}
+
+
+def test_held_back_notices_go_in_the_next_ready_when_nothing_else_is_sent() -> None:
+    cluster = Cluster()
+    leader = cluster.elect(1)
+    cluster.propose(1, b"x", stabilize=False)
+    cluster.process_ready(1)
+    cluster.deliver()
+    cluster.flush()
+    cluster.deliver()
+    cluster.sent.clear()
+    cluster.finish_ready(1, leader.ready())
+    assert leader.has_ready()
+    notices = leader.ready().messages
+    assert [(type(m), m.target) for m in notices] == [(CommitNotice, 2), (CommitNotice, 3)]
+
+
 def test_a_notice_commits_no_further_than_the_follower_holds() -> None:
     cluster = Cluster()
     cluster.elect(1)

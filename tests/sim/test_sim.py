@@ -50,11 +50,11 @@ def test_fresh_seed_passes(seed: int) -> None:
 # same seed passes without the bug, so the catch is the bug's doing.
 CAUGHT_AT = {
     InjectedBug.SESSION_DEDUP_OFF: 0,  # reply_mismatch
-    InjectedBug.NO_TRUNCATE_CONFLICT: 27,  # log_matching
-    InjectedBug.STALE_LEADER_READS: 133,  # linearizability
+    InjectedBug.NO_TRUNCATE_CONFLICT: 5,  # log_matching
+    InjectedBug.STALE_LEADER_READS: 29,  # linearizability
     InjectedBug.VOTE_NOT_PERSISTED: 1,  # vote_safety
-    InjectedBug.SNAPSHOT_KEEPS_LOG: 68,  # log_matching
-    InjectedBug.COMMIT_EARLIER_TERM: 6,  # commit_rule
+    InjectedBug.SNAPSHOT_KEEPS_LOG: 6,  # log_matching
+    InjectedBug.COMMIT_EARLIER_TERM: 8,  # commit_rule
 }
 
 
@@ -76,7 +76,7 @@ def test_planted_bug_is_caught(bug: InjectedBug, seed: int) -> None:
 def test_a_record_the_crc_misses_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the payload CRC ignored, a bit flipped on write is recovered as data, and the checker
     names it; with the CRC, the same seed passes."""
-    seed = 6
+    seed = 9
     assert run_seed(seed).status == "ok"
     check_every_field = disk._read_record_once
 

@@ -284,6 +284,7 @@ class RaftNode:
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
         self._broadcast_pending = False
+        self._commit_notices_deferred = False
         self._uncommitted_bytes = 0
         self._transferee: int | None = None
         self._transfer_elapsed = 0
@@ -373,7 +374,8 @@ class RaftNode:
     def ready(self) -> Ready:
         """Everything to persist, send and apply now, as one value. See `Ready` for the order."""
         assert self._ready_outstanding is None, "advance() the previous Ready first"
-        self._flush_broadcast()
+        applies_new_commits = self.log.committed > self.log.applied
+        self._flush_broadcast(may_defer=applies_new_commits and not self._commit_notices_deferred)
         hard_state = persisted = self.hard_state()
         if InjectedBug.VOTE_NOT_PERSISTED in self.options.injected_bugs:
             # The vote stays in memory but never reaches the disk: a restart forgets it.
@@ -567,6 +569,7 @@ class RaftNode:
         self._votes = {}
         self._progress = {}
         self._broadcast_pending = False
+        self._commit_notices_deferred = False
         self._transferee = None
         self._drop_pending_reads()
 
@@ -1031,7 +1034,7 @@ class RaftNode:
 
     def _step_down_removed(self) -> None:
         """This leader's removal is committed: hand over to the most caught-up voter, step down."""
-        self._flush_broadcast()
+        self._flush_broadcast(may_defer=False)
         caught_up = [
             voter
             for voter in self.configuration.voters
@@ -1042,22 +1045,39 @@ class RaftNode:
         self.counters["removed_leader_step_downs"] += 1
         self._become_follower(self.term, None)
 
-    def _flush_broadcast(self) -> None:
-        """Tell each peer of new entries and of the commit index, in one message if it can."""
+    def _flush_broadcast(self, *, may_defer: bool) -> None:
+        """Tell each peer of new entries and of the commit index, in one message if it can.
+
+        A commit index with no entries to carry it waits for the next Ready when this one applies
+        newly committed entries: the writers answered by that apply often propose again at once,
+        and the appends of their entries carry the commit index, which saves each follower a
+        message (and, on a real network, a wakeup) per write. The next Ready sends what is
+        still owed, so a notice waits at most one Ready."""
         if self._broadcast_pending and self.role is Role.LEADER:
+            deferred = False
             for node_id, progress in self._progress.items():
                 if node_id == self.node_id:
                     continue
                 if progress.state is not ProgressState.REPLICATE:
                     self._send_appends(node_id, allow_empty=True)  # A probe needs its answer.
-                elif not self._send_appends(node_id, allow_empty=False):
+                elif self._send_appends(node_id, allow_empty=False):
+                    continue
+                elif may_defer and self._commit_for(progress) > progress.commit_sent:
+                    deferred = True
+                else:
                     self._notify_commit(node_id, progress)
-        self._broadcast_pending = False
+            self._commit_notices_deferred = self._broadcast_pending = deferred
+        else:
+            self._commit_notices_deferred = self._broadcast_pending = False
+
+    def _commit_for(self, progress: Progress) -> int:
+        """The commit index a replicating peer may learn: no further than it matches."""
+        return min(progress.match, self.log.committed)
 
     def _notify_commit(self, node_id: int, progress: Progress) -> None:
         """Send the commit index to a replicating peer that had no entries to be sent, in a
         CommitNotice (never answered), unless an append or heartbeat already carried it."""
-        commit = min(progress.match, self.log.committed)
+        commit = self._commit_for(progress)
         if commit > progress.commit_sent:
             self._send(CommitNotice(self.node_id, node_id, self.term, commit))
             progress.commit_sent = commit
