@@ -15,6 +15,7 @@ Tag numbers are part of the wire and disk format: never renumber one, only add.
 from __future__ import annotations
 
 import enum
+import operator
 import types as python_types
 import typing
 from collections.abc import Callable, Sequence
@@ -611,13 +612,27 @@ def _check_configuration(configuration: Configuration) -> None:
             raise ShapeError(f"node id {node_id} out of range")
 
 
+def _fields_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A C-level getter of a value's fields as one tuple (CBOR encodes it as an array; an
+    IntEnum field encodes as its integer)."""
+    if len(names) == 1:  # attrgetter of one name returns the value, not a 1-tuple.
+        (name,) = names
+        return lambda value: (getattr(value, name),)
+    return operator.attrgetter(*names)
+
+
+# Per class, its tag and its fields getter: every message sent and every entry saved is encoded.
+_ENCODERS: Final[dict[type, tuple[int, Callable[[Any], tuple[Any, ...]]]]] = {
+    cls: (tag, _fields_getter(_FIELD_NAMES[cls])) for tag, cls in _TAGGED_CLASSES.items()
+}
+
+
 def _encode_default(encoder: cbor2.CBOREncoder, value: Any) -> None:
-    tag = _TAG_OF_CLASS.get(type(value))
-    if tag is None:
+    found = _ENCODERS.get(type(value))
+    if found is None:
         raise CodecError(f"cannot encode a value of type {type(value).__name__}")
-    fields = [getattr(value, name) for name in _FIELD_NAMES[type(value)]]
-    plain = [int(field) if isinstance(field, enum.IntEnum) else field for field in fields]
-    encoder.encode(cbor2.CBORTag(tag, plain))
+    tag, fields = found
+    encoder.encode(cbor2.CBORTag(tag, fields(value)))
 
 
 def _tag_decoder(cls: type) -> Any:
