@@ -26,6 +26,7 @@ import cbor2
 
 from memora.core import constants
 from memora.core.errors import CodecError, MemoraError
+from memora.core.fields import fields_getter
 from memora.core.types import (
     AddObservation,
     Applied,
@@ -87,16 +88,8 @@ _FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
 
 # Per class, its tag and a C-level getter of all its fields as a tuple (CBOR encodes it as an
 # array): encoding runs for every record written and every version digested, so it stays lean.
-def _fields_getter(names: tuple[str, ...]) -> Any:
-    assert names
-    if len(names) == 1:  # attrgetter of one name returns the value, not a 1-tuple.
-        (name,) = names
-        return lambda value: (getattr(value, name),)
-    return operator.attrgetter(*names)
-
-
 _ENCODERS: Final[dict[type, tuple[int, Any]]] = {
-    cls: (tag, _fields_getter(_FIELD_NAMES[cls])) for tag, cls in _TAGGED_CLASSES.items()
+    cls: (tag, fields_getter(_FIELD_NAMES[cls])) for tag, cls in _TAGGED_CLASSES.items()
 }
 
 
@@ -260,7 +253,7 @@ def _digest_getter(cls: type) -> Any:
             names.extend(f"{field.name}.{inner.name}" for inner in attrs.fields(nested))
         else:
             names.append(field.name)
-    return _fields_getter(tuple(names))
+    return fields_getter(tuple(names))
 
 
 # Per digested class: its tag, a getter of its properties (None if it has none), and its flat

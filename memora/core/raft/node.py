@@ -1071,7 +1071,7 @@ class RaftNode:
             self._commit_notices_deferred = self._broadcast_pending = False
 
     def _commit_for(self, progress: Progress) -> int:
-        """The commit index a replicating peer may learn: no further than it matches."""
+        """The commit index a peer may learn: no further than it is known to match."""
         return min(progress.match, self.log.committed)
 
     def _notify_commit(self, node_id: int, progress: Progress) -> None:
@@ -1213,7 +1213,7 @@ class RaftNode:
             del self._round_sent_ticks[old_round]
         for node_id, progress in self._progress.items():
             if node_id != self.node_id:
-                commit = min(progress.match, self.log.committed)
+                commit = self._commit_for(progress)
                 self._send(HeartbeatRequest(self.node_id, node_id, self.term, commit, self._round))
                 progress.commit_sent = max(progress.commit_sent, commit)
         return self._round

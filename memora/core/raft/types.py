@@ -15,7 +15,6 @@ Tag numbers are part of the wire and disk format: never renumber one, only add.
 from __future__ import annotations
 
 import enum
-import operator
 import types as python_types
 import typing
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ import cbor2
 
 from memora.core import constants
 from memora.core.errors import CodecError, MemoraError, ValidationError
+from memora.core.fields import fields_getter
 
 # ---------------------------------------------------------------------------------------------
 # Typed errors for callers (clients of the driver), never for programmer mistakes.
@@ -612,18 +612,10 @@ def _check_configuration(configuration: Configuration) -> None:
             raise ShapeError(f"node id {node_id} out of range")
 
 
-def _fields_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A C-level getter of a value's fields as one tuple (CBOR encodes it as an array; an
-    IntEnum field encodes as its integer)."""
-    if len(names) == 1:  # attrgetter of one name returns the value, not a 1-tuple.
-        (name,) = names
-        return lambda value: (getattr(value, name),)
-    return operator.attrgetter(*names)
-
-
-# Per class, its tag and its fields getter: every message sent and every entry saved is encoded.
+# Per class, its tag and its fields getter (an IntEnum field encodes as its integer): every
+# message sent and every entry saved is encoded.
 _ENCODERS: Final[dict[type, tuple[int, Callable[[Any], tuple[Any, ...]]]]] = {
-    cls: (tag, _fields_getter(_FIELD_NAMES[cls])) for tag, cls in _TAGGED_CLASSES.items()
+    cls: (tag, fields_getter(_FIELD_NAMES[cls])) for tag, cls in _TAGGED_CLASSES.items()
 }
 
 
